@@ -1,0 +1,299 @@
+"""Measuring what an explanation costs: time, CPU time, attributable peak memory, model evaluations, energy.
+
+Peak memory on Linux is the process's resident-set high-water mark (``VmHWM``), reset at the start of a
+measurement by writing ``5`` to ``/proc/self/clear_refs`` so the number is the method's own peak, not the
+process's lifetime peak; we report it minus the RSS at the start. On CUDA the meter uses
+``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` and CUDA events for time.
+Energy comes from Intel RAPL counters where ``/sys/class/powercap`` is readable, from NVML on NVIDIA
+GPUs, and otherwise is an *estimate*: CPU seconds times a stated power per busy core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: Assumed power of one fully busy CPU core, used only when no energy counter is readable.
+ESTIMATED_WATTS_PER_CORE = float(os.environ.get("XAUDIT_WATTS_PER_CORE", "12.0"))
+
+_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one explanation call cost, in totals over ``n_samples`` inputs.
+
+    ``forward_evals`` and ``backward_evals`` count samples pushed through the model (a batch of 32 counts
+    32), so per-sample values compare across batch sizes. ``flops`` is forward plus backward FLOPs.
+    """
+
+    n_samples: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_bytes: int
+    forward_evals: int
+    backward_evals: int
+    flops: float | None = None
+    flops_source: str = "not measured"
+    energy_j: float | None = None
+    energy_source: str = "estimate"
+    memory_source: str = "rss"
+    device: str = "cpu"
+
+    def _per(self, value: float | None) -> float | None:
+        if value is None:
+            return None
+        return value / max(self.n_samples, 1)
+
+    def per_sample(self) -> dict[str, Any]:
+        """The per-sample view used by report.json's ``cost`` object."""
+        return {
+            "wall_s_per_sample": self._per(self.wall_s),
+            "cpu_s_per_sample": self._per(self.cpu_s),
+            "peak_rss_bytes": int(self.peak_rss_bytes),
+            "forward_evals_per_sample": self._per(self.forward_evals),
+            "backward_evals_per_sample": self._per(self.backward_evals),
+            "flops_per_sample": self._per(self.flops),
+            "flops_source": self.flops_source,
+            "energy_j_per_sample": self._per(self.energy_j),
+            "energy_source": self.energy_source,
+            "memory_source": self.memory_source,
+            "device": self.device,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __add__(self, other: Cost) -> Cost:
+        """Combine two measurements of the same kind (e.g. chunks of one call) by summing and taking max peak."""
+        if not isinstance(other, Cost):
+            return NotImplemented
+        flops = None if self.flops is None or other.flops is None else self.flops + other.flops
+        energy = None if self.energy_j is None or other.energy_j is None else self.energy_j + other.energy_j
+        return dataclasses.replace(
+            self,
+            n_samples=self.n_samples + other.n_samples,
+            wall_s=self.wall_s + other.wall_s,
+            cpu_s=self.cpu_s + other.cpu_s,
+            peak_rss_bytes=max(self.peak_rss_bytes, other.peak_rss_bytes),
+            forward_evals=self.forward_evals + other.forward_evals,
+            backward_evals=self.backward_evals + other.backward_evals,
+            flops=flops,
+            energy_j=energy,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def _read_status_kb(field: str) -> int | None:
+    try:
+        with open(_STATUS) as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _can_reset_peak() -> bool:
+    return sys.platform.startswith("linux") and os.access(_CLEAR_REFS, os.W_OK)
+
+
+# Meters that are measuring right now. A nested meter resets the kernel's high-water mark, so before it
+# does, it hands the mark seen so far to every enclosing meter.
+_ACTIVE: list[CostMeter] = []
+
+
+def _hwm_bytes() -> int:
+    kb = _read_status_kb("VmHWM")
+    if kb is None:  # not Linux: ru_maxrss is the lifetime peak (kB on Linux, bytes on macOS)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    return kb * 1024
+
+
+def _rss_bytes() -> int:
+    kb = _read_status_kb("VmRSS")
+    return 0 if kb is None else kb * 1024
+
+
+def _reset_peak() -> None:
+    hwm = _hwm_bytes()
+    for meter in _ACTIVE:
+        meter._hwm_seen = max(meter._hwm_seen, hwm)
+    if _can_reset_peak():
+        with open(_CLEAR_REFS, "w") as fh:
+            fh.write("5")
+
+
+# ---------------------------------------------------------------------------------------------- energy
+
+
+class _Rapl:
+    """Package-level RAPL energy counters, with wrap-around handled."""
+
+    def __init__(self) -> None:
+        self.zones = [
+            z for z in sorted(glob.glob("/sys/class/powercap/intel-rapl:*"))
+            if z.count(":") == 1 and os.access(os.path.join(z, "energy_uj"), os.R_OK)
+        ]
+
+    def read(self) -> list[int]:
+        out = []
+        for z in self.zones:
+            with open(os.path.join(z, "energy_uj")) as fh:
+                out.append(int(fh.read()))
+        return out
+
+    def joules(self, before: list[int], after: list[int]) -> float:
+        total = 0
+        for z, b, a in zip(self.zones, before, after):
+            if a < b:
+                with open(os.path.join(z, "max_energy_range_uj")) as fh:
+                    a += int(fh.read())
+            total += a - b
+        return total / 1e6
+
+
+def _rapl() -> _Rapl | None:
+    try:
+        rapl = _Rapl()
+        if rapl.zones:
+            rapl.read()
+            return rapl
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _nvml_energy_mj(device: torch.device) -> float | None:
+    """Total energy of the GPU since driver load, in millijoules, or None without NVML."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return float(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+    except pynvml.NVMLError:
+        return None
+
+
+def energy_source_for(device: torch.device | str = "cpu") -> str:
+    """Which energy source a measurement on ``device`` will use: ``rapl``, ``nvml`` or ``estimate``."""
+    device = torch.device(device)
+    if device.type == "cuda" and _nvml_energy_mj(device) is not None:
+        return "nvml"
+    if device.type == "cpu" and _rapl() is not None:
+        return "rapl"
+    return "estimate"
+
+
+# ---------------------------------------------------------------------------------------------- meter
+
+
+class EvalCounter:
+    """Counts samples through the model's forward and backward; the counting model wrapper feeds it."""
+
+    def __init__(self) -> None:
+        self.forward = 0
+        self.backward = 0
+
+
+class CostMeter:
+    """Context manager that measures one block of work and produces a :class:`Cost`.
+
+    ``flops_per_eval`` is (forward, backward) FLOPs of one sample; total FLOPs follow from the counted
+    evaluations, so the method itself never runs under the (slow) FLOP counter.
+
+    >>> with CostMeter(n_samples=32) as meter:
+    ...     run()
+    >>> meter.cost
+    """
+
+    def __init__(self, n_samples: int, *, device: torch.device | str = "cpu", counter: EvalCounter | None = None,
+                 flops_per_eval: tuple[float, float] | None = None, flops_source: str = "not measured") -> None:
+        self.n_samples = n_samples
+        self.device = torch.device(device)
+        self.counter = counter if counter is not None else EvalCounter()
+        self.flops_per_eval = flops_per_eval
+        self.flops_source = flops_source
+        self.cost: Cost | None = None
+        self._hwm_seen = 0
+
+    def __enter__(self) -> CostMeter:
+        self._cuda = self.device.type == "cuda" and torch.cuda.is_available()
+        self._rapl = _rapl() if self.device.type == "cpu" else None
+        self._nvml_start = _nvml_energy_mj(self.device) if self._cuda else None
+        self._rapl_start = self._rapl.read() if self._rapl else None
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._mem_start = torch.cuda.memory_allocated(self.device)
+            self._ev_start = torch.cuda.Event(enable_timing=True)
+            self._ev_end = torch.cuda.Event(enable_timing=True)
+            self._ev_start.record()
+        else:
+            _reset_peak()
+            self._mem_start = _rss_bytes()
+        _ACTIVE.append(self)
+        self._cpu0 = time.process_time()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cuda:
+            self._ev_end.record()
+            torch.cuda.synchronize(self.device)
+            wall = self._ev_start.elapsed_time(self._ev_end) / 1e3
+            peak = torch.cuda.max_memory_allocated(self.device) - self._mem_start
+            memory_source = "cuda_max_memory_allocated"
+        else:
+            wall = time.perf_counter() - self._t0
+            self._hwm_seen = max(self._hwm_seen, _hwm_bytes())
+            peak = self._hwm_seen - self._mem_start
+            memory_source = "rss" if _can_reset_peak() else "rss_lifetime_peak"
+        cpu = time.process_time() - self._cpu0
+        _ACTIVE.remove(self)
+        for outer in _ACTIVE:
+            outer._hwm_seen = max(outer._hwm_seen, self._hwm_seen)
+
+        energy: float | None
+        if self._rapl is not None and self._rapl_start is not None:
+            energy, source = self._rapl.joules(self._rapl_start, self._rapl.read()), "rapl"
+        elif self._nvml_start is not None and (end := _nvml_energy_mj(self.device)) is not None:
+            energy, source = (end - self._nvml_start) / 1e3, "nvml"
+        else:
+            energy, source = cpu * ESTIMATED_WATTS_PER_CORE, "estimate"
+
+        flops = None
+        if self.flops_per_eval is not None:
+            fwd, bwd = self.flops_per_eval
+            flops = self.counter.forward * fwd + self.counter.backward * bwd
+        self.cost = Cost(
+            n_samples=self.n_samples,
+            wall_s=wall,
+            cpu_s=cpu,
+            peak_rss_bytes=max(int(peak), 0),
+            forward_evals=self.counter.forward,
+            backward_evals=self.counter.backward,
+            flops=flops,
+            flops_source=self.flops_source,
+            energy_j=energy,
+            energy_source=source,
+            memory_source=memory_source,
+            device=str(self.device),
+        )
