@@ -21,6 +21,7 @@ from xaudit.models._errors import XauditError, did_you_mean
 
 from ._cost import Cost, CostMeter, EvalCounter
 from ._flops import flop_profile
+from ._memory import DEFAULT_MEMORY_BUDGET_BYTES, format_bytes, parse_bytes, row_memory, rows_for_budget
 
 _REGISTRY: dict[str, type[Explainer]] = {}
 
@@ -116,6 +117,35 @@ def seeded(seed: int | None) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+@dataclass(frozen=True)
+class CallContext:
+    """Per-call settings the base class hands to ``_attribute``.
+
+    ``row_batch`` is the most input rows one model call may take under the memory budget: a method that
+    evaluates many perturbed or interpolated rows per sample must batch them by it.
+    """
+
+    row_batch: int
+    seed: int | None
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class CostPrediction:
+    """What a call is expected to cost, before running it (from evaluation counts and a timed probe)."""
+
+    n_samples: int
+    forward_evals: float
+    backward_evals: float
+    wall_s: float
+    peak_bytes: int
+    samples_per_chunk: int
+    row_batch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 @dataclass(frozen=True, eq=False)
 class Explanation:
     """Attributions shaped like ``inputs``, the targets explained, the method's configuration and its cost."""
@@ -128,6 +158,7 @@ class Explanation:
     cost: Cost
     family: str = "saliency"
     extras: Mapping[str, Any] = field(default_factory=dict)
+    plan: Mapping[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
@@ -157,8 +188,8 @@ class Explainer:
     supports_recurrent: ClassVar[bool] = True
     #: Why recurrent models are not supported, shown to users when ``supports_recurrent`` is False.
     recurrent_reason: ClassVar[str] = ""
-    #: Default number of input samples explained per chunk.
-    default_batch_size: ClassVar[int] = 64
+    #: Most input samples explained per chunk (the memory budget may lower it).
+    default_batch_size: ClassVar[int] = 256
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -195,16 +226,25 @@ class Explainer:
         """Give a method its background data (SHAP-style methods); a no-op for the others."""
         return self
 
+    def rows_per_sample(self) -> int:
+        """Model input rows evaluated per explained sample (IG: n_steps; a sampler: its sample count)."""
+        return 1
+
+    def expected_evals(self) -> tuple[float, float]:
+        """Forward and backward evaluations per sample this method makes (for prediction and tests)."""
+        return (1.0, 1.0) if self.uses_gradients else (1.0, 0.0)
+
     # -- the one thing a method implements --------------------------------------------------------------
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor,
-                   targets: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                   ctx: CallContext) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Attributions shaped like ``inputs`` for the given per-sample ``targets``.
 
         May also return a dict of per-sample extras (e.g. IG's convergence delta), concatenated over chunks.
 
         ``model`` is the counting wrapper around the user's model, already in eval mode with frozen
-        parameters; ``inputs`` and ``targets`` are on the model's device.
+        parameters; ``inputs`` and ``targets`` are on the model's device. Batch model calls by
+        ``ctx.row_batch`` rows at most.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement _attribute")
 
@@ -215,23 +255,77 @@ class Explainer:
         """Attributions only (captum's call); see :meth:`explain` for the arguments."""
         return self.explain(inputs, target, **kwargs).attributions
 
-    def explain(self, inputs: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None, *,
-                batch_size: int | None = None, seed: int | None = 0) -> Explanation:
-        """Explain ``inputs`` for ``target`` (None: the model's predicted class) and measure the cost."""
+    def _plan(self, inputs: torch.Tensor, batch_size: int | None,
+              memory_budget: int | str | None) -> tuple[int, int]:
+        """(samples per chunk, rows per model call) under the memory budget; inside the model guard."""
+        budget = parse_bytes(memory_budget) if memory_budget is not None else DEFAULT_MEMORY_BUDGET_BYTES
+        memory = row_memory(self.model, inputs[:1])
+        row_batch = rows_for_budget(memory, budget, self.name, inputs[:1].numel() * inputs.element_size())
+        if batch_size is not None and int(batch_size) < 1:
+            raise XauditError(f"batch_size must be at least 1, got {batch_size}")
+        per_chunk = max(1, row_batch // max(self.rows_per_sample(), 1))
+        per_chunk = min(per_chunk, int(batch_size or self.default_batch_size))
+        return per_chunk, row_batch
+
+    def _call_guard(self, device: torch.device, seed: int | None) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(model_guard(self.model))
+        if needs_cudnn_rnn_workaround(self.model, device):
+            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        stack.enter_context(seeded(seed if self.is_stochastic else None))
+        return stack
+
+    def predict_cost(self, inputs: torch.Tensor, *, batch_size: int | None = None,
+                     memory_budget: int | str | None = None, probe_samples: int = 4) -> CostPrediction:
+        """Predict the cost of explaining ``inputs`` from evaluation counts and a timed probe on a few samples.
+
+        The probe runs once untimed on one sample (first-call overheads), then timed on ``probe_samples``.
+        """
+        inputs = self._checked(inputs)
+        device = _model_device(self.model)
+        with self._call_guard(device, 0):
+            per_chunk, row_batch = self._plan(inputs, batch_size, memory_budget)
+            probe = inputs[:max(1, probe_samples)].to(device)
+            targets = self._resolve_targets(probe, None)
+            counting = CountingModel(self.model, EvalCounter())
+            ctx = CallContext(row_batch=row_batch, seed=0, device=device)
+            self._attribute(counting, probe[:1].detach().requires_grad_(self.uses_gradients), targets[:1], ctx)
+            with CostMeter(len(probe), device=device) as meter:
+                self._attribute(counting, probe.detach().requires_grad_(self.uses_gradients), targets, ctx)
+        assert meter.cost is not None
+        fwd, bwd = self.expected_evals()
+        n = len(inputs)
+        memory = row_memory(self.model, inputs[:1])
+        rows_in_flight = min(row_batch, per_chunk * self.rows_per_sample())
+        return CostPrediction(n_samples=n, forward_evals=fwd * n, backward_evals=bwd * n,
+                              wall_s=meter.cost.wall_s / len(probe) * n,
+                              peak_bytes=memory.fixed_bytes + rows_in_flight * memory.bytes_per_row,
+                              samples_per_chunk=per_chunk, row_batch=row_batch)
+
+    def _checked(self, inputs: Any) -> torch.Tensor:
         inputs = _as_batch(inputs)
         reason = self.unsupported_reason(tuple(inputs.shape[1:]))
         if reason:
             raise XauditError(f"{reason}: choose another method (xaudit explain --help lists them)")
+        return inputs
+
+    def explain(self, inputs: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None, *,
+                batch_size: int | None = None, seed: int | None = 0,
+                memory_budget: int | str | None = None) -> Explanation:
+        """Explain ``inputs`` for ``target`` (None: the model's predicted class) and measure the cost.
+
+        ``memory_budget`` (bytes or a string like ``"2GiB"``, default 2 GiB) bounds the memory the call may
+        take; inputs are chunked to fit. ``seed`` makes stochastic methods reproducible without touching
+        the caller's random state.
+        """
+        inputs = self._checked(inputs)
         device = _model_device(self.model)
         counter = EvalCounter()
         counting = CountingModel(self.model, counter)
-        batch_size = int(batch_size or self.default_batch_size)
-        if batch_size < 1:
-            raise XauditError(f"batch_size must be at least 1, got {batch_size}")
-        cudnn = (torch.backends.cudnn.flags(enabled=False) if needs_cudnn_rnn_workaround(self.model, device)
-                 else contextlib.nullcontext())
-        with model_guard(self.model), cudnn, seeded(seed if self.is_stochastic else None):
+        with self._call_guard(device, seed):
             x_dev = inputs.to(device)
+            per_chunk, row_batch = self._plan(x_dev, batch_size, memory_budget)
+            ctx = CallContext(row_batch=row_batch, seed=seed, device=device)
             profile = flop_profile(self.model, x_dev[:1])
             # Target resolution is outside the meter: a report resolves predictions once for all methods,
             # and the cost should be the method's own.
@@ -241,11 +335,11 @@ class Explainer:
                            flops_source=profile.source) as meter:
                 chunks: list[torch.Tensor] = []
                 extras: dict[str, list[torch.Tensor]] = {}
-                for start in range(0, len(x_dev), batch_size):
-                    sl = slice(start, start + batch_size)
+                for start in range(0, len(x_dev), per_chunk):
+                    sl = slice(start, start + per_chunk)
                     # inputs that already require grad keep captum from warning on every chunk
                     chunk = x_dev[sl].detach().requires_grad_(self.uses_gradients)
-                    out = self._attribute(counting, chunk, targets[sl])
+                    out = self._attribute(counting, chunk, targets[sl], ctx)
                     attr, more = out if isinstance(out, tuple) else (out, {})
                     chunks.append(attr.detach().to("cpu", torch.float32))
                     for key, value in more.items():
@@ -257,7 +351,8 @@ class Explainer:
         assert meter.cost is not None
         return Explanation(method=self.name, attributions=attributions, inputs=inputs.detach().cpu(),
                            targets=targets.cpu(), config=self.get_params(), cost=meter.cost, family=self.family,
-                           extras={k: torch.cat(v) for k, v in extras.items()})
+                           extras={k: torch.cat(v) for k, v in extras.items()},
+                           plan={"samples_per_chunk": per_chunk, "row_batch": row_batch})
 
     def _resolve_targets(self, x: torch.Tensor, target: Any) -> torch.Tensor:
         n = len(x)
@@ -304,7 +399,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def explain(model: nn.Module, inputs: torch.Tensor, method: str = "saliency",
             target: int | Sequence[int] | torch.Tensor | None = None, *, background: torch.Tensor | None = None,
-            batch_size: int | None = None, seed: int | None = 0, **params: Any) -> Explanation:
+            batch_size: int | None = None, seed: int | None = 0, memory_budget: int | str | None = None,
+            **params: Any) -> Explanation:
     """Explain ``inputs`` with the registered ``method`` (one call; captum-like keyword arguments).
 
     >>> exp = explain(model, x, method="integrated_gradients", target=3, n_steps=64)
@@ -315,4 +411,4 @@ def explain(model: nn.Module, inputs: torch.Tensor, method: str = "saliency",
         if background is None:
             raise XauditError(f"{method} needs background data: pass background=<a few training inputs>")
         explainer.fit(background)
-    return explainer.explain(inputs, target, batch_size=batch_size, seed=seed)
+    return explainer.explain(inputs, target, batch_size=batch_size, seed=seed, memory_budget=memory_budget)
