@@ -9,6 +9,8 @@ batch, counts model evaluations, meters the cost, and detaches the result to CPU
 from __future__ import annotations
 
 import contextlib
+import inspect
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -226,13 +228,26 @@ class Explainer:
         """Give a method its background data (SHAP-style methods); a no-op for the others."""
         return self
 
-    def rows_per_sample(self) -> int:
-        """Model input rows evaluated per explained sample (IG: n_steps; a sampler: its sample count)."""
+    def rows_per_sample(self, sample_shape: Sequence[int] | None = None) -> int:
+        """Model input rows evaluated per explained sample (IG: n_steps; a sampler: its sample count).
+
+        A method whose count depends on the input size (occlusion: one row per window) accepts
+        ``sample_shape``; the base class passes it to overrides that take it (see :meth:`counts_for`).
+        """
         return 1
 
-    def expected_evals(self) -> tuple[float, float]:
+    def expected_evals(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
         """Forward and backward evaluations per sample this method makes (for prediction and tests)."""
         return (1.0, 1.0) if self.uses_gradients else (1.0, 0.0)
+
+    def counts_for(self, sample_shape: Sequence[int]) -> tuple[int, tuple[float, float]]:
+        """(rows per sample, (forward, backward) evaluations per sample) for inputs of ``sample_shape``.
+
+        Overrides written without a ``sample_shape`` parameter are called without it.
+        """
+        shape = tuple(int(s) for s in sample_shape)
+        rows, evals = (_call_with_shape(f, shape) for f in (self.rows_per_sample, self.expected_evals))
+        return int(rows), (float(evals[0]), float(evals[1]))
 
     # -- the one thing a method implements --------------------------------------------------------------
 
@@ -263,7 +278,7 @@ class Explainer:
         row_batch = rows_for_budget(memory, budget, self.name, inputs[:1].numel() * inputs.element_size())
         if batch_size is not None and int(batch_size) < 1:
             raise XauditError(f"batch_size must be at least 1, got {batch_size}")
-        per_chunk = max(1, row_batch // max(self.rows_per_sample(), 1))
+        per_chunk = max(1, row_batch // max(self.counts_for(inputs.shape[1:])[0], 1))
         per_chunk = min(per_chunk, int(batch_size or self.default_batch_size))
         return per_chunk, row_batch
 
@@ -277,28 +292,44 @@ class Explainer:
 
     def predict_cost(self, inputs: torch.Tensor, *, batch_size: int | None = None,
                      memory_budget: int | str | None = None, probe_samples: int = 4) -> CostPrediction:
-        """Predict the cost of explaining ``inputs`` from evaluation counts and a timed probe on a few samples.
+        """Predict the cost of explaining ``inputs`` from evaluation counts and two timed probes.
 
-        The probe runs once untimed on one sample (first-call overheads), then timed on ``probe_samples``.
+        Wall time is modelled as ``n_chunks × per_call + n × per_sample``: a call on one sample and a call
+        on ``probe_samples`` samples separate the per-call overhead (which dominates cheap methods on a
+        tiny probe) from the per-sample cost. An untimed call on one sample absorbs first-call overheads.
         """
         inputs = self._checked(inputs)
         device = _model_device(self.model)
         with self._call_guard(device, 0):
             per_chunk, row_batch = self._plan(inputs, batch_size, memory_budget)
-            probe = inputs[:max(1, probe_samples)].to(device)
+            probe = inputs[:max(1, min(probe_samples, per_chunk))].to(device)
             targets = self._resolve_targets(probe, None)
             counting = CountingModel(self.model, EvalCounter())
             ctx = CallContext(row_batch=row_batch, seed=0, device=device)
-            self._attribute(counting, probe[:1].detach().requires_grad_(self.uses_gradients), targets[:1], ctx)
-            with CostMeter(len(probe), device=device) as meter:
-                self._attribute(counting, probe.detach().requires_grad_(self.uses_gradients), targets, ctx)
-        assert meter.cost is not None
-        fwd, bwd = self.expected_evals()
+
+            def timed(k: int) -> float:
+                x = probe[:k].detach().requires_grad_(self.uses_gradients)
+                _synchronize(device)
+                t0 = time.perf_counter()
+                self._attribute(counting, x, targets[:k], ctx)
+                _synchronize(device)
+                return time.perf_counter() - t0
+
+            timed(1)
+            t_one = timed(1)
+            t_probe = timed(len(probe)) if len(probe) > 1 else t_one
+        if len(probe) > 1:
+            per_sample = max((t_probe - t_one) / (len(probe) - 1), 0.0)
+            per_call = max(t_one - per_sample, 0.0)
+        else:
+            per_sample, per_call = t_one, 0.0
+        rows, (fwd, bwd) = self.counts_for(inputs.shape[1:])
         n = len(inputs)
+        n_chunks = -(-n // per_chunk)
         memory = row_memory(self.model, inputs[:1])
-        rows_in_flight = min(row_batch, per_chunk * self.rows_per_sample())
+        rows_in_flight = min(row_batch, per_chunk * rows)
         return CostPrediction(n_samples=n, forward_evals=fwd * n, backward_evals=bwd * n,
-                              wall_s=meter.cost.wall_s / len(probe) * n,
+                              wall_s=n_chunks * per_call + n * per_sample,
                               peak_bytes=memory.fixed_bytes + rows_in_flight * memory.bytes_per_row,
                               samples_per_chunk=per_chunk, row_batch=row_batch)
 
@@ -373,6 +404,18 @@ class Explainer:
             raise XauditError(f"target {int(bad[0])} is out of range: the model has {n_classes} classes "
                               f"(0..{n_classes - 1})")
         return t
+
+
+def _call_with_shape(count: Any, shape: tuple[int, ...]) -> Any:
+    """Call a per-sample count method with ``sample_shape`` if it takes one (older overrides do not)."""
+    if "sample_shape" in inspect.signature(count).parameters:
+        return count(sample_shape=shape)
+    return count()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _as_batch(inputs: Any) -> torch.Tensor:

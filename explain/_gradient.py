@@ -1,17 +1,24 @@
-"""Gradient attribution methods computed by captum, on the common contract."""
+"""Gradient attribution methods computed by captum, on the common contract, and SmoothGrad over any of them."""
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
+from captum.attr import DeepLift as _CaptumDeepLift
+from captum.attr import GuidedBackprop as _CaptumGuidedBackprop
+from captum.attr import InputXGradient as _CaptumInputXGradient
 from captum.attr import IntegratedGradients as _CaptumIG
 from captum.attr import Saliency as _CaptumSaliency
+from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR as _DEEPLIFT_RULES
 from torch import nn
 
 from xaudit.models._errors import XauditError
 
-from ._base import CallContext, Explainer
+from ._base import CallContext, CountingModel, Explainer, get_explainer
+from ._compat import NONLINEAR_FUNCTIONS, ACTIVATION_MODULES, hook_safe_copy
 
 
 class Saliency(Explainer):
@@ -69,3 +76,182 @@ class IntegratedGradients(Explainer):
             inputs, baselines=self.baseline, target=targets, n_steps=self.n_steps, method=self.method,
             internal_batch_size=ctx.row_batch, return_convergence_delta=True)
         return attr, {"convergence_delta": delta}
+
+
+class InputXGradient(Explainer):
+    """Input times its gradient, a first-order Taylor term (Shrikumar et al. 2016; Ancona et al. 2018, eq. 3)."""
+
+    name = "input_x_gradient"
+    paper = "Shrikumar et al. 2016; Ancona et al. 2018"
+
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                   ctx: CallContext) -> torch.Tensor:
+        return _CaptumInputXGradient(model).attribute(inputs, target=targets)
+
+
+class _HookRuleExplainer(Explainer):
+    """Shared runner of the rules that replace activation gradients through module hooks.
+
+    The rule runs on :func:`hook_safe_copy` of the model (in-place activations made out-of-place, reused
+    ones split), wrapped in a counting model that shares the call's counter, so the user's model never
+    carries a hook or an attribute the rule sets, even if captum fails half-way.
+    """
+
+    supports_recurrent = False
+    #: Activation modules the rule has a case for; any other activation module in the model is refused.
+    rule_modules: ClassVar[tuple[type[nn.Module], ...]] = ACTIVATION_MODULES
+    #: Functional nonlinearities (torch function names) the rule would silently skip.
+    rule_functions: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the rule keeps a call's input and output on the module (then each may run once per pass).
+    rule_keeps_state: ClassVar[bool] = True
+
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                   ctx: CallContext) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert isinstance(model, CountingModel)
+        safe = hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=self.rule_modules,
+                              functions=self.rule_functions, one_call_per_module=self.rule_keeps_state)
+        with warnings.catch_warnings():
+            # captum announces on every call that it sets hooks; here they live on a throw-away copy
+            warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks")
+            return self._run_rule(_RecordingModel(CountingModel(safe, model.counter)), inputs, targets)
+
+    def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor,
+                  targets: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class _RecordingModel(nn.Module):
+    """Keeps the raw output of the last forward pass (captum's DeepLift reshapes it in a hook)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.last: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        self.last = out.detach()
+        return out
+
+
+class DeepLift(_HookRuleExplainer):
+    """DeepLift's rescale rule: multipliers Δout/Δin through each nonlinearity times (x − baseline)
+    (Shrikumar, Greenside & Kundaje 2017, eqs. 1 and 3 — summation-to-delta).
+
+    Attributions sum to f(x) − f(baseline) for the target; the per-sample gap, computed from the same
+    forward pass (no extra evaluations), is in ``Explanation.extras["convergence_delta"]``. It is ~1e-8
+    on ReLU/strided-conv nets but not zero with max-pooling: captum's max-pool rule does not conserve the
+    sum exactly (~1e-2 on a small CNN). Recurrent models are refused (see ``recurrent_reason``), and so are
+    nonlinearities the rule cannot reach (functional calls, activation modules it has no case for).
+    """
+
+    name = "deeplift"
+    paper = "Shrikumar, Greenside & Kundaje 2017"
+    recurrent_reason = ("captum applies the rescale rule only to activation modules, and nn.GRU/nn.LSTM "
+                        "compute their sigmoid/tanh gates inside one fused op, so the result would be "
+                        "(x - baseline) × gradient, which does not sum to f(x) - f(baseline)")
+    rule_modules = tuple(_DEEPLIFT_RULES)
+    rule_functions = NONLINEAR_FUNCTIONS
+
+    def __init__(self, model: nn.Module, *, baseline: float = 0.0) -> None:
+        super().__init__(model)
+        self.baseline = float(baseline)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"baseline": self.baseline}
+
+    def expected_evals(self) -> tuple[float, float]:
+        return 2.0, 2.0  # inputs and baselines go through the model together
+
+    def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor,
+                  targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        attr = _CaptumDeepLift(model).attribute(inputs, baselines=self.baseline, target=targets)
+        assert model.last is not None
+        out_x, out_base = model.last.chunk(2)
+        rows = torch.arange(len(inputs), device=inputs.device)
+        gap = out_x[rows, targets] - out_base[rows, targets]
+        return attr, {"convergence_delta": attr.detach().flatten(1).sum(1) - gap}
+
+
+class GuidedBackprop(_HookRuleExplainer):
+    """Gradient with every ReLU passing back only positive gradients at positive inputs
+    (Springenberg, Dosovitskiy, Brox & Riedmiller 2015, fig. 1)."""
+
+    name = "guided_backprop"
+    paper = "Springenberg et al. 2015"
+    recurrent_reason = ("guided backprop changes the backward pass of ReLU modules only; nn.GRU/nn.LSTM "
+                        "have none (their gates are fused sigmoid/tanh ops), so it would return the plain "
+                        "gradient under another name")
+    rule_functions = frozenset({"relu", "relu_"})
+    # clamping a gradient needs nothing from the forward pass, so a ReLU may run at several places
+    rule_keeps_state = False
+
+    def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return _CaptumGuidedBackprop(model).attribute(inputs, target=targets)
+
+
+class SmoothGrad(Explainer):
+    """Average of a gradient method's attributions over noisy copies of the input
+    (Smilkov et al. 2017, eq. 3); wraps any registered gradient method, like captum's NoiseTunnel.
+
+    ``stdev`` is the noise standard deviation relative to each sample's value range (x_max − x_min), the
+    paper's "noise level" (10–20% works best, sec. 3.1). ``base_params`` go to the wrapped method.
+    """
+
+    name = "smoothgrad"
+    paper = "Smilkov, Thorat, Kim, Viégas & Wattenberg 2017"
+    is_stochastic = True
+    # the noise a sample gets depends on its position in the batch (one generator stream)
+    batch_invariant = False
+
+    def __init__(self, model: nn.Module, *, base: str = "saliency", n_samples: int = 25, stdev: float = 0.15,
+                 **base_params: Any) -> None:
+        super().__init__(model)
+        cls = get_explainer(base)
+        if not cls.uses_gradients or cls.needs_background or cls is SmoothGrad:
+            raise XauditError(f"smoothgrad wraps a gradient method without background data, and {base!r} is "
+                              "not one: use base='saliency', 'integrated_gradients' or 'input_x_gradient'")
+        if n_samples < 1:
+            raise XauditError(f"n_samples must be at least 1, got {n_samples}")
+        if not stdev >= 0:
+            raise XauditError(f"stdev must be a non-negative fraction of the input range, got {stdev}")
+        self.base = base
+        self.n_samples = int(n_samples)
+        self.stdev = float(stdev)
+        self.base_explainer = cls(model, **base_params)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"base": self.base, "n_samples": self.n_samples, "stdev": self.stdev,
+                "base_params": self.base_explainer.get_params()}
+
+    def unsupported_reason(self, sample_shape: Sequence[int]) -> str | None:
+        reason = self.base_explainer.unsupported_reason(sample_shape)
+        return f"smoothgrad over {reason}" if reason else None
+
+    def rows_per_sample(self, sample_shape: Sequence[int] | None = None) -> int:
+        return self.n_samples * self._base_counts(sample_shape)[0]
+
+    def expected_evals(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
+        fwd, bwd = self._base_counts(sample_shape)[1]
+        return self.n_samples * fwd, self.n_samples * bwd
+
+    def _base_counts(self, sample_shape: Sequence[int] | None) -> tuple[int, tuple[float, float]]:
+        if sample_shape is None:
+            return self.base_explainer.rows_per_sample(), self.base_explainer.expected_evals()
+        return self.base_explainer.counts_for(sample_shape)
+
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                   ctx: CallContext) -> torch.Tensor:
+        dims = tuple(range(1, inputs.dim()))
+        x = inputs.detach()
+        sigma = self.stdev * (x.amax(dims, keepdim=True) - x.amin(dims, keepdim=True))
+        rows = torch.arange(len(x), device=x.device).repeat_interleave(self.n_samples)
+        per_call = max(1, ctx.row_batch // max(self._base_counts(x.shape[1:])[0], 1))
+        total = torch.zeros_like(x)
+        for start in range(0, len(rows), per_call):
+            idx = rows[start:start + per_call]
+            noisy = x[idx] + torch.randn_like(x[idx]) * sigma[idx]
+            out = self.base_explainer._attribute(model, noisy.requires_grad_(True), targets[idx], ctx)
+            attr = out[0] if isinstance(out, tuple) else out
+            total.index_add_(0, idx, attr.detach().to(total.dtype))
+        return total / self.n_samples

@@ -1,0 +1,100 @@
+"""Grad-CAM through captum, for 2-D CNNs on images and 1-D CNNs on sequences, on the common contract."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import nn
+
+from xaudit.models._errors import XauditError
+
+from ._base import CallContext, Explainer, input_kind
+
+_CONVS = (nn.Conv1d, nn.Conv2d)
+
+
+class GradCAM(Explainer):
+    """A conv layer's feature maps weighted by their spatially averaged target gradients, ReLU'd and
+    upsampled to the input (Selvaraju et al. 2017, eqs. 1–2).
+
+    ``layer`` names the layer (as in ``model.named_modules()``); by default the last Conv1d/Conv2d. The
+    map is broadcast over image channels; for a 1-D CNN over N×T×F sequences it is laid over the axis the
+    convolution runs along (time when the first Conv1d takes the F features as channels) and broadcast
+    over the other.
+    """
+
+    name = "gradcam"
+    paper = "Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra 2017"
+    supports_recurrent = False
+    recurrent_reason = ("Grad-CAM weights the feature maps of a convolutional layer; a recurrent model "
+                        "carries its evidence through a hidden state over time, which has no such map")
+
+    def __init__(self, model: nn.Module, *, layer: str | None = None, relu: bool = True) -> None:
+        super().__init__(model)
+        self.layer = layer
+        self.relu = bool(relu)
+        if layer is not None:
+            self._layer()  # a misspelt layer fails here, not at the first call
+
+    def get_params(self) -> dict[str, Any]:
+        convs = self._conv_names()
+        layer = self.layer if self.layer is not None else (convs[-1] if convs else None)
+        return {"layer": layer, "relu": self.relu}
+
+    def _conv_names(self) -> list[str]:
+        return [name for name, m in self.model.named_modules() if isinstance(m, _CONVS)]
+
+    def _layer(self) -> tuple[str, nn.Module]:
+        """The layer's name and module, looked up on the user's model (captum hooks it there)."""
+        convs = self._conv_names()
+        name = self.layer if self.layer is not None else (convs[-1] if convs else None)
+        if name is None:
+            raise XauditError("gradcam needs a convolutional layer (nn.Conv1d/nn.Conv2d) and the model has none")
+        try:
+            return name, self.model.get_submodule(name)
+        except AttributeError:
+            raise XauditError(f"the model has no layer {name!r}: choose one of its conv layers "
+                              f"({', '.join(convs) or 'none'})") from None
+
+    def unsupported_reason(self, sample_shape: Sequence[int]) -> str | None:
+        reason = super().unsupported_reason(sample_shape)
+        if reason:
+            return reason
+        if self.layer is None and not self._conv_names():
+            return "gradcam needs a convolutional layer (nn.Conv1d/nn.Conv2d) and the model has none"
+        name, module = self._layer()
+        if input_kind(sample_shape) == "image" and isinstance(module, nn.Conv1d):
+            return f"gradcam cannot lay the 1-D feature map of {name!r} over image inputs"
+        return None
+
+    def _conv_over_time(self, steps: int, features: int) -> bool:
+        """Whether a 1-D CNN convolves over the time steps (features as channels, the usual layout)."""
+        first = next((m for m in self.model.modules() if isinstance(m, nn.Conv1d)), None)
+        return first is None or first.in_channels == features or first.in_channels != steps
+
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                   ctx: CallContext) -> torch.Tensor:
+        name, layer = self._layer()
+        # the counting wrapper is the forward function (evaluations counted); the hook goes on the layer
+        cam = LayerGradCam(model, layer).attribute(inputs, target=targets, relu_attributions=self.relu)
+        return _to_input_shape(cam.detach(), tuple(inputs.shape), name, self._conv_over_time)
+
+
+def _to_input_shape(cam: torch.Tensor, shape: tuple[int, ...], layer: str, over_time: Any) -> torch.Tensor:
+    """Upsample an N×1×(spatial) layer map to the input's spatial size and broadcast it to ``shape``."""
+    n, *sample = shape
+    if cam.dim() == 4:  # a 2-D map: over H×W of an image, or over T×F of a sequence
+        up = LayerAttribution.interpolate(cam, tuple(sample[-2:]), interpolate_mode="bilinear")
+        return up.expand(n, *sample).contiguous() if len(sample) == 3 else up[:, 0]
+    if cam.dim() == 3 and len(sample) == 2:
+        steps, features = sample
+        if over_time(steps, features):
+            up = LayerAttribution.interpolate(cam, (steps,), interpolate_mode="linear")
+            return up[:, 0, :, None].expand(n, steps, features).contiguous()
+        up = LayerAttribution.interpolate(cam, (features,), interpolate_mode="linear")
+        return up.expand(n, steps, features).contiguous()
+    raise XauditError(f"gradcam cannot map the output of layer {layer!r} (shape {tuple(cam.shape[1:])} per "
+                      f"sample) onto inputs of shape {tuple(sample)}: pick a conv layer with layer=...")

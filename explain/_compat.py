@@ -1,0 +1,183 @@
+"""Can a hook-based attribution rule (DeepLift, guided backprop, SHAP's DeepExplainer) run on this model?
+
+Those rules replace the gradient of each activation *module* through module hooks. They silently give
+wrong answers, or crash, on common models (shap #3466, #1479): an in-place activation overwrites the
+tensor a backward hook needs; an activation module called at several places keeps only one call's
+input and output; an activation written as ``F.relu(x)`` in a ``forward`` has no module to hook, so the
+rule is not applied there. :func:`check_hook_compat` finds these, and :func:`hook_safe_copy` returns a
+deep copy of the model with what can be fixed fixed (the user's model is never modified) or refuses with
+a one-line error naming the module and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from xaudit.models._errors import XauditError
+
+from ._base import model_guard
+
+#: Modules a hook-based rule treats as nonlinearities (DeepLift's rescale/maxpool rules, guided ReLU).
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softmax,
+    nn.LogSoftmax, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+)
+
+# Names of torch functions that are nonlinearities when called outside an activation module.
+NONLINEAR_FUNCTIONS = frozenset({
+    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "prelu", "elu", "elu_", "selu", "celu", "gelu",
+    "silu", "mish", "sigmoid", "sigmoid_", "tanh", "tanh_", "softplus", "hardtanh", "hardtanh_",
+    "hardswish", "hardsigmoid", "softmax", "log_softmax", "max_pool1d", "max_pool2d", "max_pool3d",
+    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
+    "_max_pool1d", "_max_pool2d", "_max_pool3d",
+})
+
+
+@dataclass(frozen=True)
+class CompatReport:
+    """What stands between a model and a hook-based attribution rule.
+
+    ``reused`` maps module names to forward calls per forward pass; ``functional`` lists
+    ``(function, module it was called in)`` for nonlinearities called outside an activation module.
+    ``probed`` is False when no sample was given, so reuse and functional calls were not looked for.
+    """
+
+    inplace: tuple[str, ...]
+    reused: dict[str, int]
+    functional: tuple[tuple[str, str], ...]
+    recurrent: tuple[str, ...]
+    probed: bool
+
+    @property
+    def ok(self) -> bool:
+        """True when a hook-based rule can run on the model as it is."""
+        return not (self.inplace or self.reused or self.functional)
+
+
+def _named_activations(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    for name, module in model.named_modules():
+        if isinstance(module, ACTIVATION_MODULES):
+            yield name or type(model).__name__, module
+
+
+class _FunctionalSpy(TorchFunctionMode):
+    """Records nonlinear torch functions called while no activation module is running."""
+
+    def __init__(self, stack: list[str], depth: list[int]) -> None:
+        super().__init__()
+        self.stack, self.depth = stack, depth
+        self.found: dict[tuple[str, str], None] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = getattr(func, "__name__", "")
+        if name in NONLINEAR_FUNCTIONS and self.depth[0] == 0:
+            self.found[(name, self.stack[-1] if self.stack else "forward")] = None
+        return func(*args, **(kwargs or {}))
+
+
+def check_hook_compat(model: nn.Module, sample: torch.Tensor | None = None) -> CompatReport:
+    """Report in-place and reused activation modules, functional nonlinearities and recurrent layers.
+
+    Reuse and functional calls are found by one probe forward pass of ``sample`` (batch of one is
+    enough) in eval mode with temporary hooks, all removed and restored before returning; without a
+    sample only the static checks run.
+    """
+    inplace = tuple(name for name, m in _named_activations(model) if getattr(m, "inplace", False))
+    recurrent = tuple(name for name, m in model.named_modules() if isinstance(m, nn.RNNBase))
+    if sample is None:
+        return CompatReport(inplace, {}, (), recurrent, probed=False)
+
+    calls: Counter[str] = Counter()
+    stack: list[str] = []
+    depth = [0]
+    handles = []
+    names = {id(m): n for n, m in _named_activations(model)}
+
+    def enter(mod: nn.Module, _args: object, _name: str) -> None:
+        stack.append(_name)
+        if id(mod) in names:
+            calls[names[id(mod)]] += 1
+            depth[0] += 1
+
+    def leave(mod: nn.Module, _args: object, _out: object) -> None:
+        stack.pop()
+        if id(mod) in names:
+            depth[0] -= 1
+
+    try:
+        for name, module in model.named_modules():
+            label = name or type(model).__name__
+            handles.append(module.register_forward_pre_hook(lambda m, a, _n=label: enter(m, a, _n)))
+            handles.append(module.register_forward_hook(leave))
+        spy = _FunctionalSpy(stack, depth)
+        # eval mode for the probe: a BatchNorm in train mode would update its running statistics
+        with model_guard(model), torch.no_grad(), spy:
+            model(sample[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    reused = {name: n for name, n in calls.items() if n > 1}
+    return CompatReport(inplace, reused, tuple(spy.found), recurrent, probed=True)
+
+
+def _split_reused(model: nn.Module, reused: set[int]) -> None:
+    """Give every registration after the first of a reused module its own copy (in place, on a copy)."""
+    seen: set[int] = set()
+    for parent in list(model.modules()):
+        # _modules, not named_children(): the latter lists a module registered twice only once
+        for child_name, child in list(parent._modules.items()):
+            if child is None or id(child) not in reused:
+                continue
+            if id(child) in seen:
+                setattr(parent, child_name, copy.deepcopy(child))
+            seen.add(id(child))
+
+
+def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
+                   rule_modules: tuple[type[nn.Module], ...] = ACTIVATION_MODULES,
+                   functions: frozenset[str] = NONLINEAR_FUNCTIONS, one_call_per_module: bool = True) -> nn.Module:
+    """A deep copy of ``model`` on which ``method``'s module hooks are safe, or a one-line XauditError.
+
+    In-place activations become out-of-place; a module registered at several places (the same
+    ``nn.ReLU`` put twice into an ``nn.Sequential``) gets one copy per place. What cannot be fixed from
+    outside the model's code is refused: a module called twice in a custom ``forward`` (only when
+    ``one_call_per_module``: rules that keep each call's input and output on the module, like DeepLift's),
+    a nonlinearity among ``functions`` called as a function, or an activation module the rule has no case
+    for (not an instance of ``rule_modules``). Hooks are the copy's business only: the user's model keeps
+    its modules, hooks and flags.
+    """
+    try:
+        safe = copy.deepcopy(model)
+    except Exception as err:  # noqa: BLE001 - any failure to copy means we cannot run hooks safely
+        raise XauditError(f"{method} runs on a copy of the model to attach hooks, but the model cannot be "
+                          f"deep-copied ({type(err).__name__}: {err}): make it copyable") from err
+    for name, module in _named_activations(safe):
+        if getattr(module, "inplace", False):
+            module.inplace = False
+        if not isinstance(module, rule_modules):
+            kind = type(module).__name__
+            raise XauditError(f"{method} has no rule for the {kind} activation {name!r}: "
+                              "choose a gradient method (e.g. integrated_gradients) for this model")
+    report = check_hook_compat(safe, sample)
+    if report.reused and one_call_per_module:
+        by_name = dict(_named_activations(safe))
+        _split_reused(safe, {id(by_name[n]) for n in report.reused})
+        report = check_hook_compat(safe, sample)
+    if report.reused and one_call_per_module:
+        name, n = next(iter(report.reused.items()))
+        kind = type(dict(_named_activations(safe))[name]).__name__
+        raise XauditError(f"{method} needs each activation module called once per forward pass, but "
+                          f"{name!r} ({kind}) is called {n} times: use a separate nn.{kind}() per call site")
+    for func, where in report.functional:
+        if func in functions:
+            raise XauditError(f"{method} applies its rule through activation modules, but {where} calls "
+                              f"{func}() as a function: use an activation module there (e.g. nn.ReLU())")
+    return safe

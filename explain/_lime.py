@@ -1,0 +1,345 @@
+"""LIME: a locally weighted linear model over binary segment masks (Ribeiro, Singh & Guestrin 2016, eq. 1-2).
+
+lime_image loops in Python over its perturbations and calls the model in batches of 10 (~150 ms per 8×8
+digit at 1000 samples, FIELD_NOTES). Here the perturbations are built with tensor ops and evaluated in
+batches of ``ctx.row_batch`` rows; the statistics stay lime's: the same sampling distribution (each segment
+kept with probability 1/2, the first row the unperturbed input), the same cosine distance to the all-ones
+row, the same exponential kernel ``sqrt(exp(-d²/w²))`` and the same weighted ``Ridge(alpha=1)``. When the
+feature selection keeps every segment (the default) the ridge is solved here in closed form, equal to
+sklearn's to 1e-6 (tested); a selection that drops segments calls ``lime.lime_base.LimeBase`` itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from lime.lime_base import LimeBase
+from threadpoolctl import ThreadpoolController
+from torch import nn
+
+from xaudit.models._errors import XauditError, did_you_mean
+
+from ._base import CallContext, Explainer, input_kind
+
+IMAGE_SEGMENTATIONS = ("grid", "quickshift", "slic", "felzenszwalb")
+SEQUENCE_FEATURES = ("time", "feature", "time_x_feature")
+FEATURE_SELECTIONS = ("auto", "none", "highest_weights", "forward_selection", "lasso_path")
+#: The default grid has at most this many cells (one pixel per cell on 8×8 digits).
+MAX_GRID_SEGMENTS = 64
+#: The default time windows number at most this many.
+MAX_TIME_WINDOWS = 40
+#: lime's SegmentationAlgorithm defaults for quickshift; slic asks for as many segments as the default grid.
+_SKIMAGE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
+    "quickshift": {"kernel_size": 4, "max_dist": 200, "ratio": 0.2},
+    "slic": {"n_segments": MAX_GRID_SEGMENTS, "start_label": 0},
+    "felzenszwalb": {},
+}
+
+
+# --------------------------------------------------------------------------------------- lime's statistics
+
+
+def sample_seed(seed: int, sample: torch.Tensor) -> int:
+    """Seed of one sample's perturbation generator, from the call's seed and the sample's values.
+
+    Keyed on content rather than on the position in the batch, so a sample gets the same perturbations
+    whatever batch or chunk it is explained in (lime's own ``random_seed`` only seeds segmentation,
+    lime #477, #683). Fits in 32 bits for ``np.random.RandomState``, lime's generator.
+    """
+    digest = hashlib.blake2b(int(seed).to_bytes(8, "little", signed=True), digest_size=4)
+    digest.update(np.ascontiguousarray(sample.detach().to("cpu", torch.float32).numpy()).tobytes())
+    return int.from_bytes(digest.digest(), "little")
+
+
+def lime_masks(rng: np.random.RandomState, num_samples: int, n_features: int) -> np.ndarray:
+    """Binary keep-masks (num_samples × n_features), drawn as lime_image's ``data_labels`` draws them."""
+    data = rng.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
+    data[0, :] = 1
+    return data
+
+
+def cosine_distance_to_original(masks: np.ndarray) -> np.ndarray:
+    """Cosine distance of each mask row to the all-ones row (lime_image's ``distance_metric='cosine'``).
+
+    For a row with m ones among k features the cosine similarity is m / sqrt(m k); sklearn gives an
+    all-zero row similarity 0, so distance 1, which this closed form also yields.
+    """
+    return 1.0 - np.sqrt(masks.sum(axis=-1) / masks.shape[-1])
+
+
+def exponential_kernel(distances: np.ndarray, kernel_width: float) -> np.ndarray:
+    """lime's default proximity kernel, ``sqrt(exp(-d² / w²))``."""
+    return np.sqrt(np.exp(-(distances**2) / kernel_width**2))
+
+
+def weighted_ridge(data: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+                   alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coef, intercept, weighted R²) of ``Ridge(alpha, fit_intercept=True).fit(data, labels, weights)``.
+
+    Batched over any leading dimensions (``data``: ...×S×k). Solves the same normal equations as sklearn's
+    cholesky solver: centre by the weighted means, then ``(Xᵀ W X + αI) β = Xᵀ W y``.
+    """
+    x = np.asarray(data, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    w_sum = w.sum(axis=-1, keepdims=True)
+    x_mean = (w[..., None, :] @ x)[..., 0, :] / w_sum
+    y_mean = (w * y).sum(axis=-1, keepdims=True) / w_sum
+    xc = x - x_mean[..., None, :]
+    yc = y - y_mean
+    xc_t_w = np.swapaxes(xc, -1, -2) * w[..., None, :]
+    gram = xc_t_w @ xc + alpha * np.eye(x.shape[-1])
+    coef = np.linalg.solve(gram, xc_t_w @ yc[..., None])[..., 0]
+    intercept = y_mean[..., 0] - (x_mean * coef).sum(axis=-1)
+    # lime reports sklearn's weighted R² (r2_score with force_finite: a constant target scores 1 if fit exactly)
+    resid = (w * (yc - (xc @ coef[..., None])[..., 0]) ** 2).sum(axis=-1)
+    total = (w * yc**2).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(total > 0, 1.0 - resid / total, np.where(resid > 0, 0.0, 1.0))
+    return coef, intercept, r2
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    # built on first use, not at import: it scans the loaded libraries
+    return ThreadpoolController()
+
+
+# ------------------------------------------------------------------------------------------- segments
+
+
+def grid_segments(height: int, width: int, cell: int | None) -> np.ndarray:
+    """Square superpixels of side ``cell`` (None: the smallest side giving at most 64 cells), H×W labels."""
+    if cell is None:
+        cell = 1
+        while math.ceil(height / cell) * math.ceil(width / cell) > MAX_GRID_SEGMENTS:
+            cell += 1
+    rows = np.arange(height)[:, None] // cell
+    cols = np.arange(width)[None, :] // cell
+    return rows * math.ceil(width / cell) + cols
+
+
+def skimage_segments(image: np.ndarray, method: str, params: Mapping[str, Any], seed: int) -> np.ndarray:
+    """Superpixels of a C×H×W image from scikit-image (installed with lime), H×W labels."""
+    from skimage import segmentation
+    from skimage.color import gray2rgb
+
+    channels = image.shape[0]
+    hwc = np.moveaxis(image.astype(np.float64), 0, -1)
+    kwargs = {**_SKIMAGE_DEFAULTS[method], **params}
+    if method == "quickshift":
+        # quickshift's colour-space conversion needs RGB: grey images go through gray2rgb as in lime_image
+        if channels == 1:
+            hwc = gray2rgb(hwc[..., 0])
+        elif channels != 3:
+            kwargs.setdefault("convert2lab", False)
+        return segmentation.quickshift(hwc, rng=seed % 2**31, **kwargs)  # its rng is a C int
+    fn = segmentation.slic if method == "slic" else segmentation.felzenszwalb
+    if channels == 1:
+        return fn(hwc[..., 0], channel_axis=None, **kwargs)
+    return fn(hwc, channel_axis=-1, **kwargs)
+
+
+def sequence_segments(steps: int, n_features: int, features: str, window: int | None) -> np.ndarray:
+    """T×F labels: time windows across all features, whole features, or windows of single features."""
+    if window is None:
+        window = math.ceil(steps / MAX_TIME_WINDOWS)
+    t = np.arange(steps)[:, None] // window
+    f = np.arange(n_features)[None, :]
+    if features == "time":
+        return np.broadcast_to(t, (steps, n_features))
+    if features == "feature":
+        return np.broadcast_to(f, (steps, n_features))
+    return t * n_features + f
+
+
+# -------------------------------------------------------------------------------------------- explainer
+
+
+class Lime(Explainer):
+    """LIME: the weights of a proximity-weighted linear fit to the target's probability under segment masking.
+
+    Ribeiro, Singh & Guestrin 2016, eq. 1-2 and Algorithm 1, with lime_image's kernel, distance and ridge.
+
+    Features are segments, and each input element receives its segment's weight (lime's and captum's
+    convention, so a segment's pixels rank together). The model explained is ``softmax(logits)[target]``:
+    lime explains class probabilities. Extras: the local model's ``intercept`` and weighted ``local_r2``.
+
+    Images (C×H×W): ``segmentation="grid"`` (default) uses square cells of side ``segment_size`` (None: the
+    smallest giving ≤ 64 cells, one pixel each on 8×8 digits); ``"quickshift"``, ``"slic"`` and
+    ``"felzenszwalb"`` use scikit-image, with ``segmentation_params`` overriding its arguments. Segments span
+    all channels. Sequences (T×F): ``features="time"`` (default) masks windows of ``segment_size`` time steps
+    across all features (None: at most 40 windows); ``"feature"`` masks one feature over all time steps;
+    ``"time_x_feature"`` masks one feature within one window.
+
+    ``hide_color`` is the value a masked element takes; None is lime_image's default, each segment's
+    per-channel mean. Our default is 0.0 because with one-pixel segments the segment mean *is* the pixel,
+    and nothing would be masked. ``num_features`` (None: all) and ``feature_selection`` are lime's; segments
+    not selected get 0.
+
+    Each sample's perturbations come from a generator seeded by the call's seed and the sample's values
+    (:func:`sample_seed`), so results are reproducible and do not depend on the batch a sample is in
+    (``batch_invariant``); ``seed=None`` draws fresh perturbations.
+    """
+
+    name = "lime"
+    family = "lime"
+    paper = "Ribeiro, Singh & Guestrin 2016"
+    uses_gradients = False
+    is_stochastic = True
+    batch_invariant = True
+
+    def __init__(self, model: nn.Module, *, num_samples: int = 1000, kernel_width: float = 0.25,
+                 hide_color: float | None = 0.0, segmentation: str = "grid", features: str = "time",
+                 segment_size: int | None = None, segmentation_params: Mapping[str, Any] | None = None,
+                 feature_selection: str = "auto", num_features: int | None = None) -> None:
+        super().__init__(model)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
+            raise XauditError(f"num_samples must be an integer of at least 2, got {num_samples!r}: pass e.g. 1000")
+        if not _is_real(kernel_width) or not math.isfinite(kernel_width) or kernel_width <= 0:
+            raise XauditError(f"kernel_width must be a positive number, got {kernel_width!r}: lime's default is 0.25")
+        if hide_color is not None and (not _is_real(hide_color) or not math.isfinite(hide_color)):
+            raise XauditError(f"hide_color must be a finite number or None (segment mean), got {hide_color!r}")
+        if segmentation not in IMAGE_SEGMENTATIONS:
+            raise did_you_mean("image segmentation", segmentation, IMAGE_SEGMENTATIONS)
+        if features not in SEQUENCE_FEATURES:
+            raise did_you_mean("sequence features", features, SEQUENCE_FEATURES)
+        if feature_selection not in FEATURE_SELECTIONS:
+            raise did_you_mean("feature selection", feature_selection, FEATURE_SELECTIONS)
+        for label, value in (("segment_size", segment_size), ("num_features", num_features)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                      or value < 1):
+                raise XauditError(f"{label} must be a positive integer or None, got {value!r}")
+        if segmentation_params is not None and not isinstance(segmentation_params, Mapping):
+            raise XauditError(f"segmentation_params must be a dict of scikit-image arguments, "
+                              f"got {type(segmentation_params).__name__}")
+        if segmentation_params and segmentation == "grid":
+            raise XauditError("segmentation_params apply to quickshift, slic and felzenszwalb: "
+                              "set the grid's cell side with segment_size instead")
+        self.num_samples = int(num_samples)
+        self.kernel_width = float(kernel_width)
+        self.hide_color = None if hide_color is None else float(hide_color)
+        self.segmentation = segmentation
+        self.features = features
+        self.segment_size = None if segment_size is None else int(segment_size)
+        self.segmentation_params = dict(segmentation_params or {})
+        self.feature_selection = feature_selection
+        self.num_features = None if num_features is None else int(num_features)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"num_samples": self.num_samples, "kernel_width": self.kernel_width, "hide_color": self.hide_color,
+                "segmentation": self.segmentation, "features": self.features, "segment_size": self.segment_size,
+                "segmentation_params": dict(self.segmentation_params),
+                "feature_selection": self.feature_selection, "num_features": self.num_features}
+
+    def rows_per_sample(self) -> int:
+        return self.num_samples
+
+    def expected_evals(self) -> tuple[float, float]:
+        # the first mask row is the unperturbed input, so num_samples rows in all, as in lime_image
+        return float(self.num_samples), 0.0
+
+    # -- segments and masked values -------------------------------------------------------------------------
+
+    def segments(self, sample: torch.Tensor, seed: int) -> np.ndarray:
+        """Segment label of every element of one sample (its shape), labels 0..k-1."""
+        x = sample.detach().to("cpu", torch.float32).numpy()
+        if input_kind(x.shape) == "sequence":
+            labels = sequence_segments(*x.shape, self.features, self.segment_size)
+        else:
+            if self.segmentation == "grid":
+                plane = grid_segments(x.shape[1], x.shape[2], self.segment_size)
+            else:
+                plane = skimage_segments(x, self.segmentation, self.segmentation_params, seed)
+                if len(np.unique(plane)) < 2:
+                    # lime's quickshift defaults (max_dist=200) merge any small image into one segment
+                    raise XauditError(
+                        f"{self.segmentation} found a single segment in a {x.shape[1]}×{x.shape[2]} image: pass "
+                        "segmentation_params for finer segments (e.g. quickshift max_dist=4, kernel_size=2) "
+                        "or use segmentation='grid'")
+            labels = np.broadcast_to(plane, x.shape)
+        # contiguous labels: slic counts from 1, and lime_image would silently never mask the last one
+        return np.unique(labels, return_inverse=True)[1].reshape(x.shape)
+
+    def _hidden_values(self, sample: torch.Tensor, segments: torch.Tensor, n_segments: int) -> torch.Tensor:
+        """What a masked element becomes: ``hide_color``, or its segment's mean in its own channel."""
+        if self.hide_color is not None:
+            return torch.full_like(sample, self.hide_color)
+        # channel = image channel (dim 0 of C×H×W) or sequence feature (dim 1 of T×F), as lime's colour mean
+        channel_dim = 0 if sample.dim() == 3 else 1
+        channel = torch.arange(sample.shape[channel_dim], device=sample.device)
+        channel = channel.view([-1 if d == channel_dim else 1 for d in range(sample.dim())]).expand_as(sample)
+        key = (segments * sample.shape[channel_dim] + channel).reshape(-1)
+        size = n_segments * sample.shape[channel_dim]
+        counts = torch.bincount(key, minlength=size)
+        if int(counts.max()) == 1:
+            raise XauditError("hide_color=None masks each segment with its own mean, which changes nothing when "
+                              "every segment is a single element: pass hide_color=0.0 or a larger segment_size")
+        sums = torch.zeros(size, dtype=sample.dtype, device=sample.device).index_add_(0, key, sample.reshape(-1))
+        return (sums / counts.clamp(min=1).to(sample.dtype))[key].view_as(sample)
+
+    # -- the explanation ------------------------------------------------------------------------------------
+
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                   ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        attributions = torch.empty_like(inputs)
+        intercepts = torch.empty(len(inputs), dtype=torch.float64)
+        r2 = torch.empty(len(inputs), dtype=torch.float64)
+        for i, sample in enumerate(inputs):
+            # seed=None: fresh perturbations from the caller's global numpy generator
+            seed = (sample_seed(ctx.seed, sample) if ctx.seed is not None
+                    else int(np.random.randint(0, 2**32, dtype=np.int64)))
+            segments = self.segments(sample, seed)
+            n_segments = int(segments.max()) + 1
+            masks = lime_masks(np.random.RandomState(seed), self.num_samples, n_segments)
+            probs = self._masked_probabilities(model, sample, int(targets[i]), segments, masks, ctx.row_batch)
+            coef, intercepts[i], r2[i] = self._fit(masks, probs, seed)
+            seg = torch.from_numpy(segments).to(inputs.device)
+            attributions[i] = torch.from_numpy(coef).to(inputs.device, inputs.dtype)[seg]
+        return attributions, {"intercept": intercepts, "local_r2": r2}
+
+    def _masked_probabilities(self, model: nn.Module, sample: torch.Tensor, target: int, segments: np.ndarray,
+                              masks: np.ndarray, row_batch: int) -> np.ndarray:
+        """Target-class probability of every masked copy of ``sample``, evaluated ``row_batch`` rows at a time."""
+        seg = torch.from_numpy(segments).to(sample.device)
+        hidden = self._hidden_values(sample, seg, masks.shape[1])
+        keep_all = torch.from_numpy(masks.astype(bool)).to(sample.device)
+        probs = []
+        with torch.no_grad():
+            for start in range(0, len(masks), row_batch):
+                # indexing a mask row by the element→segment map is the mask @ segment-indicator product
+                keep = keep_all[start:start + row_batch][:, seg]
+                rows = torch.where(keep, sample.detach(), hidden)
+                probs.append(torch.softmax(model(rows).float(), dim=-1)[:, target])
+        return torch.cat(probs).to("cpu", torch.float64).numpy()
+
+    def _fit(self, masks: np.ndarray, probs: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
+        """lime's weighted ridge on (masks, probabilities): closed form when every segment is kept."""
+        distances = cosine_distance_to_original(masks)
+        k = masks.shape[1]
+        keeps_all = self.feature_selection == "none" or (
+            self.feature_selection != "lasso_path" and (self.num_features is None or self.num_features >= k))
+        if keeps_all:
+            # a 1000×64 solve gains nothing from BLAS threads, and on a busy machine they cost 50× (measured)
+            with _blas_controller().limit(limits=1, user_api="blas"):
+                coef, intercept, r2 = weighted_ridge(masks, probs, exponential_kernel(distances, self.kernel_width))
+            return coef, float(intercept), float(r2)
+        base = LimeBase(lambda d: exponential_kernel(d, self.kernel_width), random_state=seed)
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            intercept, pairs, score, _ = base.explain_instance_with_data(
+                masks, probs[:, None], distances, 0, self.num_features or k,
+                feature_selection=self.feature_selection)
+        coef = np.zeros(k)
+        for feature, weight in pairs:
+            coef[feature] = weight
+        return coef, float(intercept), float(score)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

@@ -1,0 +1,224 @@
+"""The SHAP family on the common contract: gradient and DeepLIFT-style SHAP through the ``shap`` package.
+
+All four SHAP methods (these two and the batched Kernel/Partition estimators in ``_shap_fast``) share
+:class:`ShapExplainer`: background data is given once with :meth:`ShapExplainer.fit` and validated there.
+
+shap explains every output class by default (about ten times the work on a 10-class model; FIELD_NOTES
+measured ~2000 evaluations per sample for GradientExplainer at 200 samples). We hand shap a module that
+returns only the explained target's logit, one sample at a time, so it explains one output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xaudit.models._errors import XauditError
+
+from ._base import CallContext, CountingModel, Explainer
+from ._compat import hook_safe_copy
+
+#: The activation modules shap's DeepExplainer has a DeepLIFT rule for (``deep_pytorch.op_handler``); any
+#: other activation module would silently get its plain gradient, so such models are refused.
+_DEEP_RULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softmax, nn.SELU, nn.GELU,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+)
+
+
+class ShapExplainer(Explainer):
+    """Base of the SHAP methods: background data given once with :meth:`fit`, stored as ``background_``."""
+
+    family = "shap"
+    needs_background = True
+
+    def fit(self, background: Any) -> ShapExplainer:
+        """Store validated background samples (a batch shaped like the inputs: N×C×H×W or N×T×F)."""
+        if isinstance(background, np.ndarray):
+            background = torch.from_numpy(background)
+        if not isinstance(background, torch.Tensor):
+            raise XauditError(f"background must be a torch.Tensor or numpy array, got {type(background).__name__}")
+        if background.dim() not in (3, 4):
+            raise XauditError(f"background must be a batch of samples (N×C×H×W or N×T×F), got shape "
+                              f"{tuple(background.shape)}: add the batch dimension")
+        if background.shape[0] == 0 or background.numel() == 0:
+            raise XauditError("background is empty: pass at least one sample (a few dozen training inputs)")
+        if not background.dtype.is_floating_point:
+            background = background.float()
+        if not torch.isfinite(background).all():
+            raise XauditError("background contains NaN or Inf values: clean it before fitting")
+        self.background_ = background.detach().clone()
+        return self
+
+    def _background_for(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The background on the inputs' device and dtype, checked against their per-sample shape."""
+        background = getattr(self, "background_", None)
+        if background is None:
+            raise XauditError(f"{self.name} needs background data: call fit(background) with a few training "
+                              "inputs first (or pass background= to explain)")
+        if background.shape[1:] != inputs.shape[1:]:
+            raise XauditError(f"background samples have shape {tuple(background.shape[1:])} but the inputs have "
+                              f"{tuple(inputs.shape[1:])}: draw the background from the same data as the inputs")
+        return background.to(inputs.device, inputs.dtype)
+
+    def _n_background(self, default: int = 1) -> int:
+        background = getattr(self, "background_", None)
+        return default if background is None else int(background.shape[0])
+
+
+class _TargetLogit(nn.Module):
+    """Returns only the logit of ``target`` (one column), so shap explains one output instead of all.
+
+    shap's explainers evaluate the whole background in their constructor only to learn the number of
+    outputs; with ``target`` unset we answer that probe (one output) without running the model, so every
+    evaluation that is counted is one the method needs. Outputs of real passes are kept in ``outputs``
+    (DeepExplainer's single pass holds f(x) and f(background), which gives the additivity check for free).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.target: int | None = None
+        self.outputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.target is None:
+            return x.new_zeros(x.shape[0], 1)
+        out = self.net(x)[:, self.target:self.target + 1]
+        self.outputs.append(out.detach())
+        return out
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """A no-op: shap calls it before every gradient, which would drop the user's own ``.grad``; the
+        parameters are frozen for the call, so there is nothing of ours to clear."""
+
+
+def _counted(model: nn.Module, copy: nn.Module) -> nn.Module:
+    """``copy`` counted by the same counter as the wrapper the base class handed to ``_attribute``."""
+    return CountingModel(copy, model.counter) if isinstance(model, CountingModel) else copy
+
+
+def _probe(model: nn.Module, sample_shape: Sequence[int]) -> torch.Tensor:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.zeros(1, *sample_shape, device=device)
+
+
+class ShapGradient(ShapExplainer):
+    """Expected gradients: gradients at random points between the input and background samples, times the
+    difference (Erion et al. 2021; Lundberg & Lee 2017, SHAP), computed by ``shap.GradientExplainer``.
+
+    Each sample is explained with the same random stream (``seed``), so a sample's attributions do not
+    depend on the batch it is in. Attributions sum to f(x) − E[f(background)] in expectation only.
+    """
+
+    name = "shap_gradient"
+    paper = "Erion et al. 2021 (expected gradients); Lundberg & Lee 2017"
+    is_stochastic = True
+
+    def __init__(self, model: nn.Module, *, nsamples: int = 200, local_smoothing: float = 0.0) -> None:
+        super().__init__(model)
+        if int(nsamples) < 1:
+            raise XauditError(f"nsamples must be at least 1, got {nsamples}")
+        if not float(local_smoothing) >= 0.0:
+            raise XauditError(f"local_smoothing must be >= 0, got {local_smoothing}")
+        self.nsamples = int(nsamples)
+        self.local_smoothing = float(local_smoothing)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"nsamples": self.nsamples, "local_smoothing": self.local_smoothing}
+
+    def rows_per_sample(self, sample_shape: Sequence[int] | None = None) -> int:
+        return self.nsamples
+
+    def expected_evals(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
+        return float(self.nsamples), float(self.nsamples)
+
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                   ctx: CallContext) -> torch.Tensor:
+        import shap
+
+        background = self._background_for(inputs)
+        head = _TargetLogit(model)
+        explainer = shap.GradientExplainer(head, background, batch_size=max(1, min(ctx.row_batch, self.nsamples)),
+                                           local_smoothing=self.local_smoothing)
+        rows = []
+        for x, target in zip(inputs.detach(), targets.tolist()):
+            head.target = int(target)
+            # shap reseeds numpy's global stream with rseed (the base class restores it after the call);
+            # local smoothing draws from torch's, which we reseed per sample for batch invariance.
+            devices = [ctx.device] if ctx.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                if ctx.seed is not None:
+                    torch.manual_seed(ctx.seed)
+                phi = explainer.shap_values(x[None], nsamples=self.nsamples, rseed=ctx.seed)
+            rows.append(torch.as_tensor(np.asarray(phi)).reshape(x.shape))
+        return torch.stack(rows).to(inputs.device, inputs.dtype)
+
+
+class ShapDeep(ShapExplainer):
+    """DeepLIFT multipliers averaged over background references (Lundberg & Lee 2017, DeepSHAP;
+    Shrikumar et al. 2017, rescale rule), computed by ``shap.DeepExplainer``.
+
+    shap's hooks go on a private copy of the model (``hook_safe_copy``: in-place activations made
+    out-of-place, shared modules split, shap #3466, #1479), never on the user's model. shap's own
+    additivity check raises on plain CNNs (shap #3938, #3363); we turn it off and return the per-sample
+    gap sum(φ) − (f(x) − E[f(background)]) in ``extras["additivity_error"]`` instead, with E[f(background)]
+    in ``extras["base_value"]``, both read from the pass that computes the attributions. DeepExplainer
+    evaluates x tiled against every reference in one batch, so the background is split into groups of at
+    most ``row_batch / 2`` references; references are independent, so averaging the groups is exact.
+    """
+
+    name = "shap_deep"
+    paper = "Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT)"
+    supports_recurrent = False
+    recurrent_reason = "shap's DeepExplainer has no LSTM/GRU rules (shap #2653, #3415)"
+
+    def unsupported_reason(self, sample_shape: Sequence[int]) -> str | None:
+        reason = super().unsupported_reason(sample_shape)
+        if reason is None:
+            try:
+                hook_safe_copy(self.model, _probe(self.model, sample_shape), self.name, rule_modules=_DEEP_RULES)
+            except XauditError as err:
+                return str(err)
+        return reason
+
+    def rows_per_sample(self, sample_shape: Sequence[int] | None = None) -> int:
+        return 2 * self._n_background()
+
+    def expected_evals(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
+        rows = float(2 * self._n_background())
+        return rows, rows
+
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                   ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        import shap
+
+        background = self._background_for(inputs)
+        safe = hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=_DEEP_RULES)
+        head = _TargetLogit(_counted(model, safe))
+        group = max(1, ctx.row_batch // 2)
+        explainers = [(shap.DeepExplainer(head, background[i:i + group]), len(background[i:i + group]))
+                      for i in range(0, len(background), group)]
+        phis, deltas, bases = [], [], []
+        for x, target in zip(inputs.detach(), targets.tolist()):
+            head.target = int(target)
+            phi = torch.zeros_like(x, dtype=torch.float64)
+            fx = base = 0.0
+            for explainer, size in explainers:
+                head.outputs.clear()
+                values = explainer.shap_values(x[None], check_additivity=False)
+                phi += torch.as_tensor(np.asarray(values), device=x.device).reshape(x.shape) * size
+                out = torch.cat(head.outputs).double().flatten()  # [f(x) tiled `size` times, f(references)]
+                fx = float(out[0])
+                base += float(out[size:].sum())
+            phi /= len(background)
+            base /= len(background)
+            phis.append(phi)
+            bases.append(base)
+            deltas.append(float(phi.sum()) - (fx - base))
+        attr = torch.stack(phis).to(inputs.dtype)
+        return attr, {"additivity_error": torch.tensor(deltas), "base_value": torch.tensor(bases)}

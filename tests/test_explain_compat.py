@@ -1,0 +1,191 @@
+"""Models that break hook-based rules (in-place, reused, functional activations), the cuDNN-RNN decision,
+and the configuration errors of the gradient, CAM and occlusion methods."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xaudit.explain import check_hook_compat, explain, get_explainer
+from xaudit.explain._base import needs_cudnn_rnn_workaround
+from xaudit.explain._compat import hook_safe_copy
+from xaudit.models._errors import XauditError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def net(relu_a: nn.Module, relu_b: nn.Module) -> nn.Sequential:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, 8), relu_a, nn.Linear(8, 8), relu_b,
+                             nn.Linear(8, 3)).eval()
+
+
+class ReusedInForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(12, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.b(self.act(self.a(x.flatten(1))))))
+
+
+class FunctionalRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.head(F.relu(self.a(x.flatten(1)))), dim=1)
+
+
+X = torch.rand(4, 4, 3, generator=torch.Generator().manual_seed(0)) - 0.3
+
+
+def test_report_lists_inplace_reused_functional_and_recurrent() -> None:
+    shared = nn.ReLU(inplace=True)
+    report = check_hook_compat(net(shared, shared), X[:1])
+    assert report.inplace == ("2",) and report.reused == {"2": 2} and not report.ok
+    functional = check_hook_compat(FunctionalRelu(), X[:1])
+    assert set(functional.functional) == {("relu", "FunctionalRelu"), ("log_softmax", "FunctionalRelu")}
+    clean = check_hook_compat(net(nn.ReLU(), nn.ReLU()), X[:1])
+    assert clean.ok and clean.probed and clean.functional == ()
+    gru = nn.Sequential()
+    gru.add_module("rnn", nn.GRU(3, 4, batch_first=True))
+    static = check_hook_compat(gru)
+    assert static.recurrent == ("rnn",) and not static.probed
+
+
+@pytest.mark.parametrize("method", ["deeplift", "guided_backprop"])
+def test_inplace_and_reused_activations_are_adapted_on_a_copy(method: str) -> None:
+    shared = nn.ReLU(inplace=True)
+    broken = net(shared, shared)
+    clean = net(nn.ReLU(), nn.ReLU())
+    before = copy.deepcopy(broken.state_dict())
+    got = explain(broken, X, method=method, target=1).attributions
+    torch.testing.assert_close(got, explain(clean, X, method=method, target=1).attributions)
+    # the user's model is as it was: same (shared, in-place) module, no hooks, same weights
+    assert broken[2] is broken[4] is shared and shared.inplace
+    assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks for m in broken.modules())
+    assert all(torch.equal(v, broken.state_dict()[k]) for k, v in before.items())
+
+
+def test_reuse_inside_a_custom_forward_is_refused_with_the_fix() -> None:
+    fix = r"'act' \(ReLU\) is called 2 times: use a separate nn.ReLU\(\) per call site"
+    with pytest.raises(XauditError, match=fix):
+        explain(ReusedInForward().eval(), X, method="deeplift")
+
+
+def test_guided_backprop_keeps_no_state_so_reuse_inside_forward_is_fine() -> None:
+    model = ReusedInForward().eval()
+    attr = explain(model, X, method="guided_backprop", target=1).attributions.flatten(1)
+    w_a, w_b, w_h = model.a.weight.detach(), model.b.weight.detach(), model.head.weight.detach()
+    pre_a = X.flatten(1) @ w_a.T + model.a.bias.detach()
+    pre_b = pre_a.relu() @ w_b.T + model.b.bias.detach()
+    guided = ((w_h[1].clamp(min=0) * (pre_b > 0)) @ w_b).clamp(min=0) * (pre_a > 0)
+    torch.testing.assert_close(attr, guided @ w_a)
+
+
+def test_functional_nonlinearities_are_refused_where_the_rule_needs_a_module() -> None:
+    with pytest.raises(XauditError, match=r"FunctionalRelu calls (relu|log_softmax)\(\) as a function"):
+        explain(FunctionalRelu().eval(), X, method="deeplift")
+    with pytest.raises(XauditError, match=r"calls relu\(\) as a function"):
+        explain(FunctionalRelu().eval(), X, method="guided_backprop")
+
+
+def test_activations_without_a_deeplift_rule_are_refused_but_guided_backprop_runs() -> None:
+    model = net(nn.GELU(), nn.ReLU())
+    with pytest.raises(XauditError, match=r"deeplift has no rule for the GELU activation '2'"):
+        explain(model, X, method="deeplift")
+    assert torch.isfinite(explain(model, X, method="guided_backprop").attributions).all()
+
+
+def test_hook_safe_copy_never_returns_the_users_modules() -> None:
+    model = net(nn.ReLU(), nn.ReLU())
+    safe = hook_safe_copy(model, X[:1], "deeplift")
+    assert not {id(m) for m in safe.modules()} & {id(m) for m in model.modules()}
+
+
+class _Gru(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0][:, -1]
+
+
+def test_cudnn_rnn_workaround_decision() -> None:
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    cnn = net(nn.ReLU(), nn.ReLU())
+    assert needs_cudnn_rnn_workaround(_Gru(), cuda)
+    assert needs_cudnn_rnn_workaround(nn.Sequential(nn.LSTM(3, 4)), cuda)
+    assert not needs_cudnn_rnn_workaround(_Gru(), cpu)
+    assert not needs_cudnn_rnn_workaround(cnn, cuda)
+
+
+@pytest.mark.parametrize(("model", "disabled"), [(_Gru(), True), (net(nn.ReLU(), nn.ReLU()), False)])
+def test_call_guard_disables_cudnn_only_for_recurrent_models_on_cuda(model: nn.Module, disabled: bool) -> None:
+    explainer = get_explainer("saliency")(model)
+    outside = torch.backends.cudnn.enabled
+    with explainer._call_guard(torch.device("cuda", 0), None):
+        assert torch.backends.cudnn.enabled is (outside and not disabled)
+        assert not model.training  # eval mode kept, no dropout: cuDNN is what gives way
+    assert torch.backends.cudnn.enabled is outside
+    with explainer._call_guard(torch.device("cpu"), None):
+        assert torch.backends.cudnn.enabled is outside
+
+
+# ------------------------------------------------------------------------------------ configuration
+
+
+def test_smoothgrad_wraps_gradient_methods_only() -> None:
+    model = net(nn.ReLU(), nn.ReLU())
+    with pytest.raises(XauditError, match="smoothgrad wraps a gradient method"):
+        get_explainer("smoothgrad")(model, base="occlusion")
+    with pytest.raises(XauditError, match="did you mean 'saliency'"):
+        get_explainer("smoothgrad")(model, base="salency")
+    with pytest.raises(XauditError, match="n_samples must be at least 1"):
+        get_explainer("smoothgrad")(model, n_samples=0)
+    sg = get_explainer("smoothgrad")(_Gru(), base="deeplift")
+    assert "smoothgrad over deeplift does not support recurrent models" in str(sg.unsupported_reason((5, 3)))
+
+
+def test_gradcam_layer_override_and_bad_names() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(128, 3)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    assert get_explainer("gradcam")(model).get_params()["layer"] == "2"
+    first = explain(model, x, method="gradcam", layer="0", target=0)
+    assert first.attributions.shape == x.shape and first.config["layer"] == "0"
+    with pytest.raises(XauditError, match=r"no layer 'features.3': choose one of its conv layers \(0, 2\)"):
+        get_explainer("gradcam")(model, layer="features.3")
+
+
+def test_gradcam_refuses_models_without_a_conv_layer() -> None:
+    explainer = get_explainer("gradcam")(net(nn.ReLU(), nn.ReLU()))
+    assert "needs a convolutional layer" in str(explainer.unsupported_reason((4, 3)))
+
+
+def test_occlusion_rejects_gaps_between_windows() -> None:
+    with pytest.raises(XauditError, match="stride 3 is larger than the window 2"):
+        get_explainer("occlusion")(net(nn.ReLU(), nn.ReLU()), window=2, stride=3)
+
+
+def test_probe_leaves_batchnorm_statistics_and_train_mode_alone() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).train()
+    stats = copy.deepcopy(model[2].state_dict())
+    check_hook_compat(model, X[:1] + 5.0)
+    assert model.training and all(torch.equal(v, model[2].state_dict()[k]) for k, v in stats.items())

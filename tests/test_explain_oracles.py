@@ -1,0 +1,252 @@
+"""Oracles: attributions and FLOP counts that follow in closed form from the model, not from snapshots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from captum.attr import DeepLift as CaptumDeepLift
+from torch import nn
+
+from xaudit.explain import explain, flop_profile, get_explainer, lstm_forward_flops, model_guard
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Any:
+    # tiny models: torch's intra-op threads only add contention on a loaded machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def seeded_init(factory: Any) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return factory().eval()
+
+
+def rand(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def linear() -> nn.Sequential:
+    return seeded_init(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 4)))
+
+
+def relu_cnn(pool: type[nn.Module] = nn.AvgPool2d) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2, padding=1),
+                         nn.ReLU(), pool(2), nn.Flatten(), nn.Linear(24, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+# ------------------------------------------------------------------------------------ gradient methods
+
+
+def test_saliency_of_a_linear_model_is_the_absolute_target_weights(linear: nn.Sequential) -> None:
+    x = rand(5, 1, 8, 8)
+    attr = explain(linear, x, method="saliency", target=2).attributions
+    expected = linear[1].weight[2].abs().detach().expand(5, 64)
+    torch.testing.assert_close(attr.reshape(5, 64), expected)
+
+
+def test_input_x_gradient_of_a_linear_model_is_input_times_weights(linear: nn.Sequential) -> None:
+    x = rand(5, 1, 8, 8) - 0.5
+    attr = explain(linear, x, method="input_x_gradient", target=1).attributions
+    torch.testing.assert_close(attr.reshape(5, 64), x.reshape(5, 64) * linear[1].weight[1].detach())
+
+
+def test_smoothgrad_of_a_linear_model_is_the_gradient_whatever_the_noise(linear: nn.Sequential) -> None:
+    x = rand(4, 1, 8, 8)
+    exp = explain(linear, x, method="smoothgrad", target=3, n_samples=7, stdev=0.3)
+    torch.testing.assert_close(exp.attributions.reshape(4, 64), linear[1].weight[3].abs().detach().expand(4, 64))
+    assert exp.cost.forward_evals == exp.cost.backward_evals == 4 * 7
+
+
+def test_smoothgrad_averages_the_base_method_over_noise() -> None:
+    model = seeded_init(relu_cnn)
+    x = rand(3, 1, 8, 8)
+    plain = explain(model, x, method="input_x_gradient", target=0).attributions
+    no_noise = explain(model, x, method="smoothgrad", base="input_x_gradient", stdev=0.0, n_samples=3, target=0)
+    torch.testing.assert_close(no_noise.attributions, plain)
+    noisy = explain(model, x, method="smoothgrad", base="input_x_gradient", stdev=0.2, n_samples=3, target=0)
+    assert not torch.allclose(noisy.attributions, plain)
+    other_seed = explain(model, x, method="smoothgrad", base="input_x_gradient", stdev=0.2, n_samples=3,
+                         target=0, seed=1)
+    assert not torch.equal(noisy.attributions, other_seed.attributions)
+
+
+def test_smoothgrad_passes_parameters_to_its_base_and_counts_its_evaluations() -> None:
+    model = seeded_init(relu_cnn)
+    exp = explain(model, rand(2, 1, 8, 8), method="smoothgrad", base="integrated_gradients", n_steps=4,
+                  n_samples=5, memory_budget="256KiB")
+    assert exp.config["base_params"]["n_steps"] == 4
+    assert exp.cost.forward_evals == 2 * 5 * (4 + 2) and exp.cost.backward_evals == 2 * 5 * 4
+
+
+def test_integrated_gradients_completeness() -> None:
+    model = seeded_init(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 3)))
+    x = rand(4, 1, 8, 8)
+    exp = explain(model, x, method="integrated_gradients", target=1, n_steps=64)
+    with torch.no_grad():
+        gap = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    torch.testing.assert_close(exp.attributions.sum((1, 2, 3)), gap, atol=1e-4, rtol=1e-4)
+    assert exp.extras["convergence_delta"].abs().max() < 1e-4
+    assert gap.abs().min() > 1e-2, "the oracle needs a non-trivial gap"
+
+
+@pytest.mark.parametrize("baseline", [0.0, 0.5])
+def test_deeplift_sums_to_the_difference_from_the_baseline(baseline: float) -> None:
+    model = seeded_init(relu_cnn)
+    x = rand(4, 1, 8, 8)
+    exp = explain(model, x, method="deeplift", target=2, baseline=baseline)
+    with torch.no_grad():
+        gap = model(x)[:, 2] - model(torch.full_like(x, baseline))[:, 2]
+    torch.testing.assert_close(exp.attributions.sum((1, 2, 3)), gap, atol=1e-4, rtol=0)
+    assert exp.extras["convergence_delta"].abs().max() < 1e-4
+    # on a nonlinear net DeepLift is not the gradient: the oracle would not catch a plain x·grad
+    ixg = explain(model, x - baseline, method="input_x_gradient", target=2).attributions
+    assert not torch.allclose(ixg.sum((1, 2, 3)), gap, atol=1e-3)
+
+
+def test_deeplift_reports_captums_own_convergence_delta_without_extra_evaluations() -> None:
+    # captum's max-pool rule does not conserve the sum exactly: the delta must say so, and match captum's
+    model = seeded_init(lambda: relu_cnn(nn.MaxPool2d))
+    x = rand(4, 1, 8, 8)
+    exp = explain(model, x, method="deeplift", target=1)
+    with pytest.warns(UserWarning):
+        _, delta = CaptumDeepLift(model).attribute(x.clone().requires_grad_(True), target=1,
+                                                   return_convergence_delta=True)
+    torch.testing.assert_close(exp.extras["convergence_delta"], delta.detach(), atol=1e-6, rtol=1e-5)
+    assert delta.abs().max() > 1e-3
+    assert exp.cost.forward_evals == exp.cost.backward_evals == 2 * 4
+
+
+def test_guided_backprop_passes_only_positive_gradients_through_relus() -> None:
+    model = seeded_init(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3)))
+    x = rand(3, 4, 3) - 0.5
+    attr = explain(model, x, method="guided_backprop", target=0).attributions
+    w1, w2 = model[1].weight.detach(), model[3].weight.detach()
+    active = (x.reshape(3, 12) @ w1.T + model[1].bias.detach()) > 0
+    expected = (w2[0].clamp(min=0) * active) @ w1
+    torch.testing.assert_close(attr.reshape(3, 12), expected)
+
+
+# ------------------------------------------------------------------------------------ CAM, occlusion
+
+
+class TwoDetectors(nn.Module):
+    """Channel 0 fires on positive pixels, channel 1 on negative ones; class c sums channel c."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 2, stride=2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, -1.0]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2))
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(x)).sum((2, 3))
+
+
+def test_gradcam_highlights_the_region_holding_the_class_evidence() -> None:
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., :4, :4] = 1.0  # evidence for class 0, top left
+    x[..., 4:, 4:] = -1.0  # evidence for class 1, bottom right
+    model = TwoDetectors().eval()
+    top_left, bottom_right = (slice(0, 4), slice(0, 4)), (slice(4, 8), slice(4, 8))
+    for target, region, far_corner in ((0, top_left, (slice(5, 8), slice(5, 8))),
+                                       (1, bottom_right, (slice(0, 3), slice(0, 3)))):
+        cam = explain(model, x, method="gradcam", target=target).attributions[0, 0]
+        assert cam.min() >= 0
+        # bilinear upsampling of the 4×4 map bleeds a little over the region's edge, never further
+        assert cam[region].sum() > 0.8 * cam.sum(), f"class {target}: evidence not where it sits"
+        assert cam[far_corner].sum() == 0
+
+
+def test_gradcam_on_a_1d_cnn_maps_back_to_time_steps() -> None:
+    class Steps(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(3, 1, 1, bias=False)
+            with torch.no_grad():
+                self.conv.weight.fill_(1.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.conv(x.transpose(1, 2))).sum(2)
+
+    x = torch.zeros(1, 10, 3)
+    x[0, 6] = 1.0
+    cam = explain(Steps().eval(), x, method="gradcam", target=0).attributions[0]
+    assert cam.shape == (10, 3)
+    assert torch.equal(cam[:, 0], cam[:, 2]), "broadcast over features"
+    assert int(cam[:, 0].argmax()) == 6 and cam[:6].abs().sum() == 0
+
+
+def test_occlusion_is_nonzero_only_on_the_one_pixel_the_model_reads() -> None:
+    class OnePixel(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([3.0 * x[:, 0, 2, 5], torch.zeros(len(x))], 1)
+
+    x = rand(2, 1, 8, 8) + 0.5
+    attr = explain(OnePixel(), x, method="occlusion", target=0, window=1).attributions
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[2, 5] = True
+    assert (attr[:, 0, ~mask] == 0).all()
+    torch.testing.assert_close(attr[:, 0, 2, 5], 3.0 * x[:, 0, 2, 5])
+    wide = explain(OnePixel(), x, method="occlusion", target=0).attributions  # default 2×2 windows
+    assert (wide[:, 0, ~mask] != 0).sum() > 0 and (wide[:, 0, :2, :4] == 0).all()
+
+
+def test_occlusion_counts_one_evaluation_per_window_plus_one() -> None:
+    model = seeded_init(relu_cnn)
+    exp = explain(model, rand(3, 1, 8, 8), method="occlusion", window=4, stride=2)
+    assert exp.cost.forward_evals == 3 * (3 * 3 + 1) and exp.cost.backward_evals == 0
+    seq = get_explainer("occlusion")(nn.Sequential(nn.Flatten(), nn.Linear(40, 2)))
+    assert seq.geometry((20, 2)) == ((2, 2), (1, 2)) and seq.counts_for((20, 2)) == (20, (20.0, 0.0))
+
+
+# ------------------------------------------------------------------------------------ FLOPs
+
+
+def profile(model: nn.Module, sample: torch.Tensor) -> Any:
+    with model_guard(model):
+        return flop_profile(model, sample)
+
+
+def test_linear_flops_are_two_per_multiply_add() -> None:
+    p = profile(nn.Linear(20, 7), torch.rand(1, 20))
+    assert p.forward == 2 * 20 * 7 and p.backward == 2 * 20 * 7 and p.source == "FlopCounterMode"
+
+
+@pytest.mark.parametrize(("stride", "padding", "size", "out"), [(1, 1, 8, 8), (2, 0, 9, 4)])
+def test_conv2d_flops_match_the_analytic_count(stride: int, padding: int, size: int, out: int) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, stride=stride, padding=padding), nn.Flatten())
+    p = profile(model, torch.rand(1, 3, size, size))
+    assert p.forward == 2 * 3 * 5 * 3 * 3 * out * out
+
+
+class LastStep(nn.Module):
+    def __init__(self, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0][:, -1]
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lstm_flops_use_the_analytic_formula_where_the_counter_sees_none(layers: int) -> None:
+    steps, inp, hidden = 7, 3, 5
+    lstm = nn.LSTM(inp, hidden, num_layers=layers, batch_first=True)
+    analytic = 2 * steps * 4 * hidden * (inp + hidden) + (layers - 1) * 2 * steps * 4 * hidden * (2 * hidden)
+    assert lstm_forward_flops(lstm, steps) == analytic
+    p = profile(LastStep(lstm), torch.rand(1, steps, inp))
+    assert p.forward == analytic and p.analytic_layers == ("rnn: LSTM",)
+
+
+def test_gru_flops_come_from_the_counter_and_match_the_formula() -> None:
+    steps, inp, hidden = 7, 3, 5
+    p = profile(LastStep(nn.GRU(inp, hidden, batch_first=True)), torch.rand(1, steps, inp))
+    assert p.forward == 2 * steps * 3 * hidden * (inp + hidden) and p.analytic_layers == ()

@@ -1,0 +1,372 @@
+"""The SHAP family: oracles (exact Shapley values, summation-to-delta, Owen values from shap itself) and
+agreement with the shap package's own explainers at the same budget.
+
+The registry-wide contract (shapes, determinism, counts, model left untouched) is in
+test_explain_contract.py; this file checks that the numbers are right.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import shap
+import torch
+from torch import nn
+
+from xaudit.explain import explain, get_explainer
+from xaudit.explain._shap_estimators import grid_tree, kernel_budget, kernel_design
+from xaudit.explain._shap_fast import feature_layout
+from xaudit.models._errors import XauditError
+
+IMAGE = (1, 2, 4)  # 8 features, one per pixel
+SEQUENCE = (8, 1)  # 8 time steps, one feature each
+
+
+def mlp(n_in: int, n_out: int = 3, act: type[nn.Module] = nn.Tanh, seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(n_in, 16), act(), nn.Linear(16, n_out)).eval()
+
+
+class ReluCNN(nn.Module):
+    """Conv, ReLU, max-pool, conv, ReLU, linear: the plain CNN shap's additivity check trips on."""
+
+    def __init__(self, inplace: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.conv1, self.relu1 = nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(inplace=inplace)
+            self.pool = nn.MaxPool2d(2)
+            self.conv2, self.relu2 = nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=inplace)
+            self.head = nn.Linear(8 * 4 * 4, 4)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x))))).flatten(1))
+
+
+def data(shape: tuple[int, ...], n: int = 3, n_bg: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *shape, generator=g), torch.rand(n_bg, *shape, generator=g)
+
+
+@torch.no_grad()
+def exact_shapley(model: nn.Module, x: torch.Tensor, target: int, references: torch.Tensor) -> np.ndarray:
+    """Shapley values of v(S) = mean_b f(x_S, b_rest)[target], one feature per element, by enumeration."""
+    m = x.numel()
+    subsets = torch.tensor(list(itertools.product([0, 1], repeat=m)), dtype=torch.bool)
+    rows = torch.where(subsets[:, None, :], x.reshape(1, 1, -1), references.reshape(1, len(references), -1))
+    v = model(rows.reshape(-1, *x.shape))[:, target].reshape(len(subsets), len(references)).mean(1).double()
+    value = {tuple(s.tolist()): float(val) for s, val in zip(subsets.int(), v)}
+    phi = np.zeros(m)
+    for s, val in value.items():
+        size = sum(s)
+        for i in range(m):
+            if not s[i]:
+                w = math.factorial(size) * math.factorial(m - size - 1) / math.factorial(m)
+                phi[i] += w * (value[s[:i] + (1,) + s[i + 1:]] - val)
+    return phi
+
+
+# ------------------------------------------------------------------------------------------ Kernel SHAP
+
+
+@pytest.mark.parametrize("baseline", ["mean", "samples"])
+@pytest.mark.parametrize(("shape", "layout"), [(IMAGE, {"feature_grid": (1, 1)}), (SEQUENCE, {"time_window": 1})])
+def test_kernel_with_all_coalitions_is_exact_shapley(shape: tuple[int, ...], layout: dict, baseline: str) -> None:
+    model = mlp(8)
+    x, background = data(shape)
+    targets = torch.tensor([0, 1, 2])
+    exp = explain(model, x, "shap_kernel", targets, background=background, nsamples=10_000,
+                  baseline=baseline, **layout)
+    references = background.mean(0, keepdim=True) if baseline == "mean" else background
+    for i in range(len(x)):
+        expected = exact_shapley(model, x[i], int(targets[i]), references)
+        assert np.abs(exp.attributions[i].reshape(-1).numpy() - expected).max() <= 1e-2
+    # every coalition once, plus f(x) and the empty coalition, each over the references
+    assert exp.cost.forward_evals / len(x) == 1 + len(references) * (2**8 - 2 + 1)
+
+
+def test_kernel_design_mirrors_shaps_enumeration_and_weights() -> None:
+    m, nsamples = 10, 300
+    f = lambda z: z.sum(1)  # noqa: E731 - any model: only shap's coalitions are compared
+    explainer = shap.KernelExplainer(f, np.zeros((1, m)))
+    np.random.seed(0)
+    explainer.shap_values(np.ones((1, m)), nsamples=nsamples, l1_reg=False, silent=True)
+    ours = kernel_design(m, kernel_budget(m, nsamples), seed=0)
+    # sizes 1 and 2 (and complements) are enumerated at this budget: 20 + 90 rows in shap's order
+    assert np.array_equal(ours.masks[:110], explainer.maskMatrix[:110].astype(bool))
+    np.testing.assert_allclose(ours.weights[:110], explainer.kernelWeights[:110])
+    # the sampled rest: the same number of rows and the same total weight, complements paired
+    assert len(ours.masks) == len(explainer.maskMatrix) == nsamples
+    np.testing.assert_allclose(ours.weights.sum(), explainer.kernelWeights.sum())
+    sampled, i = ours.masks[110:], 0
+    while i < len(sampled) - 1:
+        if sampled[i].sum() <= 4:  # paired sizes: each drawn subset is followed by its complement
+            assert np.array_equal(sampled[i + 1], ~sampled[i])
+            i += 2
+        else:
+            i += 1
+
+
+def test_kernel_agrees_with_shap_kernel_explainer_at_equal_nsamples() -> None:
+    model = mlp(16, act=nn.ReLU)
+    x, background = data((1, 4, 4), n=4)
+    targets = torch.tensor([0, 1, 2, 0])
+    nsamples = 120  # far below 2^16: both sample
+    ours = explain(model, x, "shap_kernel", targets, background=background, nsamples=nsamples,
+                   feature_grid=(1, 1)).attributions.reshape(len(x), -1).numpy()
+    np.random.seed(0)
+    for i, t in enumerate(targets.tolist()):
+        def f(z: np.ndarray, t: int = t) -> np.ndarray:
+            return model(torch.as_tensor(z, dtype=torch.float32).reshape(-1, 1, 4, 4))[:, t].detach().numpy()
+
+        ke = shap.KernelExplainer(f, background.mean(0).reshape(1, -1).numpy())
+        theirs = ke.shap_values(x[i].reshape(1, -1).numpy(), nsamples=nsamples, l1_reg=False, silent=True)[0]
+        assert np.corrcoef(ours[i], theirs)[0, 1] > 0.9
+        np.testing.assert_allclose(ours[i].sum(), theirs.sum(), rtol=1e-4, atol=1e-6)  # both efficient
+
+
+def test_kernel_gives_zero_to_features_equal_to_the_background() -> None:
+    model = mlp(8)
+    x, background = data(IMAGE)
+    x[:, 0, 0, :2] = background.mean(0)[0, 0, :2]  # like shap, such features are left out of the fit
+    exp = explain(model, x, "shap_kernel", 0, background=background, nsamples=60, feature_grid=(1, 1))
+    assert (exp.attributions[:, 0, 0, :2] == 0).all()
+    assert exp.attributions[:, 0, 0, 2:].abs().sum() > 0
+
+
+def test_kernel_respects_row_batch_and_counts_every_row() -> None:
+    model = mlp(64, act=nn.ReLU)
+    x, background = data((1, 8, 8), n=2)
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    exp = explain(model, x, "shap_kernel", 0, background=background, nsamples=300, memory_budget="64KiB")
+    assert max(sizes) <= exp.plan["row_batch"] < 300
+    _, (fwd, _) = get_explainer("shap_kernel")(model, nsamples=300).fit(background).counts_for((1, 8, 8))
+    assert exp.cost.forward_evals == 2 * fwd == 2 * (1 + 300 + 1)
+
+
+def test_feature_layouts_default_to_at_most_64_patches_or_40_windows() -> None:
+    assert feature_layout((1, 8, 8), None, None).n_features == 64  # one pixel each on digits
+    assert feature_layout((1, 28, 28), None, None).grid == (7, 7)  # 4×4 patches
+    assert feature_layout((3, 32, 32), None, None).n_features == 64
+    assert feature_layout((100, 2), None, None).n_features == 34  # windows of 3 steps
+    assert feature_layout((8, 3), None, 1).n_features == 8
+    ids = feature_layout((3, 5, 5), (2, 2), None).feature_of
+    assert ids.shape == (3, 5, 5) and (ids[0] == ids[2]).all() and ids.max() == 8  # channels share a patch
+
+
+@pytest.mark.parametrize("method", ["shap_kernel", "shap_partition"])
+def test_patch_values_are_spread_evenly_and_keep_efficiency(method: str) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 3)).eval()
+    x, background = data((3, 6, 6))
+    exp = explain(model, x, method, 1, background=background, feature_grid=(3, 2))
+    with torch.no_grad():
+        fx = model(x)[:, 1]
+    torch.testing.assert_close(exp.attributions.sum((1, 2, 3)), fx - exp.extras["base_value"], rtol=1e-4, atol=1e-5)
+    patch = exp.attributions[0, :, :3, :2]
+    torch.testing.assert_close(patch, patch[0, 0, 0].expand_as(patch))
+
+
+# ------------------------------------------------------------------------------------------ Partition SHAP
+
+
+def test_partition_tree_is_shaps_image_tree() -> None:
+    for h, w in [(1, 1), (2, 4), (3, 5), (8, 8), (7, 7), (13, 1)]:
+        theirs = shap.maskers.Image(0.0, shape=(h, w, 1)).clustering
+        ours, m = grid_tree(h, w), h * w
+        assert np.array_equal(ours.left[m:], theirs[:, 0]) and np.array_equal(ours.right[m:], theirs[:, 1])
+        assert np.array_equal(ours.size[m:], theirs[:, 3])
+
+
+def _shap_partition(model: nn.Module, x: torch.Tensor, target: int, mask: torch.Tensor, max_evals: int) -> np.ndarray:
+    """shap.PartitionExplainer with an Image masker whose constant mask value is ``mask`` (shaped like x).
+
+    Images go to shap as H×W×C; sequences of one feature as T×1×1, so shap's tree splits time.
+    """
+    shape = x.shape
+    to_shap = (lambda t: t.permute(1, 2, 0)) if x.dim() == 3 else (lambda t: t.reshape(shape[0], 1, shape[1]))
+    layout = tuple(to_shap(x).shape)
+
+    def f(z: np.ndarray) -> np.ndarray:
+        rows = torch.as_tensor(z, dtype=torch.float32).reshape(-1, *layout)
+        rows = rows.permute(0, 3, 1, 2) if x.dim() == 3 else rows.reshape(-1, *shape)
+        return model(rows)[:, target].detach().numpy()
+
+    explainer = shap.PartitionExplainer(f, shap.maskers.Image(to_shap(mask).numpy(), shape=layout))
+    values = explainer(to_shap(x).numpy()[None], max_evals=max_evals, silent=True).values[0]
+    return values.transpose(2, 0, 1) if x.dim() == 3 else values.reshape(shape)
+
+
+@pytest.mark.parametrize(("shape", "layout"), [(IMAGE, {"feature_grid": (1, 1)}), (SEQUENCE, {"time_window": 1})])
+def test_partition_with_the_whole_tree_equals_shaps_partition_explainer(shape: tuple[int, ...], layout: dict) -> None:
+    model = mlp(8, act=nn.ReLU)
+    x, background = data(shape)
+    exp = explain(model, x, "shap_partition", 2, background=background, max_evals=1000, **layout)
+    assert exp.cost.forward_evals / len(x) == 2 + 2 * (1 + 4 + 16)  # f(x), v(∅), every visit of 7 inner nodes
+    for i in range(len(x)):
+        theirs = _shap_partition(model, x[i], 2, background.mean(0), 1000)
+        np.testing.assert_allclose(exp.attributions[i].numpy(), theirs, atol=1e-6)
+
+
+def test_partition_agrees_with_shap_when_the_budget_truncates() -> None:
+    # both expand the highest-gain visits first (shap 5 per model call, we a quarter of each sample's
+    # frontier per call), so truncated values differ only by the order within a round
+    model = ReluCNN()
+    x, background = data((1, 8, 8), n=1)
+    exp = explain(model, x, "shap_partition", 0, background=background, max_evals=500)
+    assert exp.cost.forward_evals == 500
+    theirs = _shap_partition(model, x[0], 0, background.mean(0), 500).reshape(-1)
+    assert np.corrcoef(exp.attributions[0].reshape(-1).numpy(), theirs)[0, 1] > 0.9
+
+
+def test_partition_keeps_efficiency_at_any_budget() -> None:
+    model = ReluCNN()
+    x, background = data((1, 8, 8), n=3)
+    for max_evals in (4, 37, 500):
+        exp = explain(model, x, "shap_partition", 1, background=background, max_evals=max_evals)
+        with torch.no_grad():
+            fx = model(x)[:, 1]
+        torch.testing.assert_close(exp.attributions.sum((1, 2, 3)), fx - exp.extras["base_value"],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_partition_of_an_additive_model_is_its_exact_shapley_values() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 2)).eval()
+    x, background = data(SEQUENCE)
+    exp = explain(model, x, "shap_partition", 1, background=background, time_window=1)
+    expected = model[1].weight[1].reshape(SEQUENCE) * (x - background.mean(0))
+    torch.testing.assert_close(exp.attributions, expected.detach(), rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ Deep and gradient SHAP
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["relu", "inplace_relu"])
+def test_deep_sums_to_the_output_difference_on_a_relu_cnn(inplace: bool) -> None:
+    model = ReluCNN(inplace=inplace).eval()
+    x, background = data((1, 8, 8), n=3, n_bg=5)
+    exp = explain(model, x, "shap_deep", background=background)
+    with torch.no_grad():
+        fx = model(x).gather(1, exp.targets[:, None])[:, 0]
+        base = model(background)[:, exp.targets].mean(0)
+    torch.testing.assert_close(exp.attributions.sum((1, 2, 3)), fx - base, rtol=1e-4, atol=1e-5)
+    assert exp.extras["additivity_error"].abs().max() < 1e-5
+    torch.testing.assert_close(exp.extras["base_value"].float(), base, rtol=1e-5, atol=1e-6)
+    assert model.relu1.inplace is inplace  # the user's model keeps its modules; hooks went on a copy
+    assert exp.cost.forward_evals == exp.cost.backward_evals == 3 * 2 * 5  # x tiled + references, once
+
+
+def test_deep_explains_only_the_target_and_equals_shap_for_that_class() -> None:
+    model = ReluCNN().eval()
+    x, background = data((1, 8, 8), n=2, n_bg=4)
+    ours = explain(model, x, "shap_deep", [3, 1], background=background).attributions
+    theirs = shap.DeepExplainer(model, background).shap_values(x, check_additivity=False)  # all 4 classes
+    np.testing.assert_allclose(ours[0].numpy(), theirs[0, ..., 3], atol=1e-6)
+    np.testing.assert_allclose(ours[1].numpy(), theirs[1, ..., 1], atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:unrecognized nn.Module")
+def test_deep_reports_the_additivity_gap_instead_of_raising() -> None:
+    class Square(nn.Module):  # no DeepLIFT rule: shap treats it as linear, so sums are off
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * x
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), Square(), nn.Linear(4, 2)).eval()
+    x, background = data(IMAGE, n_bg=3)
+    exp = explain(model, x, "shap_deep", 0, background=background)
+    with torch.no_grad():
+        gap = exp.attributions.sum((1, 2, 3)) - (model(x)[:, 0] - model(background)[:, 0].mean())
+    assert gap.abs().max() > 1e-3
+    torch.testing.assert_close(exp.extras["additivity_error"].float(), gap, rtol=1e-4, atol=1e-5)
+
+
+def test_deep_refuses_recurrent_and_reused_activation_models_with_the_reason() -> None:
+    class Gru(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.head = nn.GRU(1, 4, batch_first=True), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0][:, -1])
+
+    class Reused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.act = nn.Linear(8, 8), nn.Linear(8, 2), nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.act(self.act(self.a(x.flatten(1)))))
+
+    x, background = data(SEQUENCE)
+    reason = get_explainer("shap_deep")(Gru()).fit(background).unsupported_reason(SEQUENCE)
+    assert reason and "shap #2653" in reason
+    with pytest.raises(XauditError, match="no LSTM/GRU rules"):
+        explain(Gru(), x, "shap_deep", background=background)
+    reason = get_explainer("shap_deep")(Reused()).unsupported_reason(SEQUENCE)
+    assert reason and "'act'" in reason and "\n" not in reason
+
+
+def test_gradient_sums_to_the_output_difference_in_expectation() -> None:
+    model = mlp(8)
+    x, background = data(IMAGE, n_bg=16)
+    exp = explain(model, x, "shap_gradient", 0, background=background, nsamples=3000)
+    with torch.no_grad():
+        delta = model(x)[:, 0] - model(background)[:, 0].mean()
+    err = (exp.attributions.sum((1, 2, 3)) - delta).abs()
+    assert err.max() <= 0.1 * delta.abs().max() + 1e-3
+    assert exp.cost.forward_evals == exp.cost.backward_evals == 3 * 3000  # one class, not all three
+
+
+def test_gradient_equals_shap_for_the_target_class_with_the_same_seed() -> None:
+    model = mlp(8)
+    x, background = data(IMAGE, n=1)
+    ours = explain(model, x, "shap_gradient", 2, background=background, nsamples=50, seed=7).attributions
+    theirs = shap.GradientExplainer(model, background).shap_values(x, nsamples=50, rseed=7)  # all classes
+    np.testing.assert_allclose(ours[0].numpy(), theirs[0, ..., 2], rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------ configuration errors
+
+
+@pytest.mark.parametrize(("background", "message"), [
+    (torch.zeros(0, 1, 2, 4), "empty"),
+    (torch.full((2, 1, 2, 4), float("nan")), "NaN or Inf"),
+    (torch.zeros(2, 8), "batch of samples"),
+    ([[0.0] * 8], "torch.Tensor or numpy array"),
+])
+@pytest.mark.parametrize("method", ["shap_gradient", "shap_deep", "shap_kernel", "shap_partition"])
+def test_bad_background_is_a_one_line_error(method: str, background: object, message: str) -> None:
+    with pytest.raises(XauditError, match=message) as err:
+        get_explainer(method)(mlp(8)).fit(background)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["shap_gradient", "shap_deep", "shap_kernel", "shap_partition"])
+def test_background_must_match_the_inputs_and_be_given(method: str) -> None:
+    x, _ = data(IMAGE)
+    explainer = get_explainer(method)(mlp(8)).fit(torch.rand(4, 2, 4))
+    with pytest.raises(XauditError, match=r"background samples have shape \(2, 4\) but the inputs have \(1, 2, 4\)"):
+        explainer.explain(x)
+    with pytest.raises(XauditError, match="needs background data"):
+        get_explainer(method)(mlp(8)).explain(x)
+    with pytest.raises(XauditError, match="needs background data"):
+        explain(mlp(8), x, method)
+
+
+@pytest.mark.parametrize(("method", "params", "message"), [
+    ("shap_kernel", {"nsamples": 1}, "nsamples"),
+    ("shap_kernel", {"feature_grid": (0, 2)}, "feature_grid"),
+    ("shap_kernel", {"time_window": 1.5}, "time_window"),
+    ("shap_partition", {"baseline": "blur"}, "baseline must be one of mean, samples"),
+    ("shap_partition", {"max_evals": 2}, "max_evals"),
+    ("shap_gradient", {"nsamples": 0}, "nsamples"),
+])
+def test_bad_parameters_are_one_line_errors(method: str, params: dict, message: str) -> None:
+    with pytest.raises(XauditError, match=message) as err:
+        get_explainer(method)(mlp(8), **params)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,49 @@
+"""The public surface: each package exports exactly its curated names, they exist, and import is side-effect free."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+PACKAGES = ["xaudit.explain", "xaudit.models", "xaudit.reports"]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_names_exist_and_are_public(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = module.__all__
+    assert exported, f"{name} exports nothing"
+    assert len(set(exported)) == len(exported), "duplicate names in __all__"
+    for attr in exported:
+        assert not attr.startswith("_"), f"{name}.__all__ exports private {attr}"
+        assert hasattr(module, attr), f"{name}.__all__ names {attr}, which does not exist"
+    public = {a for a, v in vars(module).items()
+              if not a.startswith("_") and not isinstance(v, type(sys)) and a != "annotations"}
+    assert public == set(exported), f"{name}: public names not in __all__: {sorted(public - set(exported))}"
+
+
+def test_import_has_no_side_effects() -> None:
+    code = (
+        "import sys, torch, numpy as np\n"
+        "torch.manual_seed(123); np.random.seed(7)\n"
+        "a = torch.rand(1).item(); b = np.random.rand()\n"
+        "torch.manual_seed(123); np.random.seed(7)\n"
+        "import xaudit.explain, xaudit.models, xaudit.reports\n"
+        "assert torch.rand(1).item() == a and np.random.rand() == b, 'import touched the RNG'\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'import loaded pyplot'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_plain_top_level_packages_installed() -> None:
+    # `python -m pytest` puts the repository root on sys.path, so only site-packages is checked here;
+    # .ci/run checks the built wheel itself in a clean virtualenv.
+    site_dirs = [p for p in sys.path if p.endswith("site-packages")]
+    for plain in ("models", "reports", "explain"):
+        spec = importlib.util.find_spec(plain)
+        origin = str(spec.origin) if spec else ""
+        assert not any(origin.startswith(d) for d in site_dirs), f"{plain!r} installed at {origin}"
