@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -13,6 +14,7 @@ from captum.attr import InputXGradient as _CaptumInputXGradient
 from captum.attr import IntegratedGradients as _CaptumIG
 from captum.attr import Saliency as _CaptumSaliency
 from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR as _DEEPLIFT_RULES
+from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
 from xaudit.models._errors import XauditError
@@ -37,6 +39,29 @@ class Saliency(Explainer):
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> torch.Tensor:
         return _CaptumSaliency(model).attribute(inputs, target=targets, abs=self.abs)
+
+
+@functools.lru_cache(maxsize=32)
+def _quadrature(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """captum's step sizes and alphas for ``method`` and ``n_steps``, computed once."""
+    step_sizes, alphas = approximation_parameters(method)
+    return tuple(step_sizes(n_steps)), tuple(alphas(n_steps))
+
+
+class _CaptumIGOnceNodes(_CaptumIG):
+    """captum's IntegratedGradients with the quadrature computed once per (method, n_steps).
+
+    captum recomputes numpy's Gauss-Legendre nodes and weights (twice) on every ``attribute`` call: 4 ms at
+    50 steps and 20 ms at 128 on the 2-core benchmark machine. xaudit calls it once per chunk of
+    ``row_batch // n_steps`` samples, so for 2,000 inputs at 128 steps that was 1,000 recomputations, more
+    time than the gradients of a small model (tests/benchmarks/bench_explain.py).
+    """
+
+    def _attribute(self, *args: Any, step_sizes_and_alphas: Any = None, **kwargs: Any) -> Any:
+        if step_sizes_and_alphas is None and "method" in kwargs and "n_steps" in kwargs:
+            sizes, alphas = _quadrature(kwargs["method"], int(kwargs["n_steps"]))
+            step_sizes_and_alphas = (list(sizes), list(alphas))
+        return super()._attribute(*args, step_sizes_and_alphas=step_sizes_and_alphas, **kwargs)
 
 
 class IntegratedGradients(Explainer):
@@ -71,10 +96,13 @@ class IntegratedGradients(Explainer):
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # captum's internal_batch_size counts interpolated rows; without it captum builds all
-        # n_steps × batch rows at once (24 GiB for 2,000 inputs of 32×32 at 128 steps).
-        attr, delta = _CaptumIG(model).attribute(
+        # n_steps × batch rows at once (24 GiB for 2,000 inputs of 32×32 at 128 steps). When the chunk's rows
+        # fit in one call (the planner sizes chunks so), captum's single pass is the same computation, and
+        # skips the batching path that recomputes the quadrature.
+        fits = len(inputs) * self.n_steps <= ctx.row_batch
+        attr, delta = _CaptumIGOnceNodes(model).attribute(
             inputs, baselines=self.baseline, target=targets, n_steps=self.n_steps, method=self.method,
-            internal_batch_size=ctx.row_batch, return_convergence_delta=True)
+            internal_batch_size=None if fits else ctx.row_batch, return_convergence_delta=True)
         return attr, {"convergence_delta": delta}
 
 

@@ -34,6 +34,11 @@ FEATURE_SELECTIONS = ("auto", "none", "highest_weights", "forward_selection", "l
 MAX_GRID_SEGMENTS = 64
 #: The default time windows number at most this many.
 MAX_TIME_WINDOWS = 40
+#: Most perturbed rows per model call on CPU, below the memory budget's cap. On the digits CNN (2-core EPYC, 1 MiB
+#: L2 per core) 512-row calls took 3.5 or 8 ms per 1000 rows from one process to the next and 256-row calls
+#: a steady 3.7-4.5 ms (a 512-row layer output is 2 MiB); a GRU loses ~15% at 2 threads. Measured in
+#: tests/benchmarks/bench_lime.py.
+ROWS_PER_CALL = 256
 #: lime's SegmentationAlgorithm defaults for quickshift; slic asks for as many segments as the default grid.
 _SKIMAGE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
     "quickshift": {"kernel_size": 4, "max_dist": 200, "ratio": 0.2},
@@ -291,6 +296,7 @@ class Lime(Explainer):
         attributions = torch.empty_like(inputs)
         intercepts = torch.empty(len(inputs), dtype=torch.float64)
         r2 = torch.empty(len(inputs), dtype=torch.float64)
+        rows_per_call = min(ctx.row_batch, ROWS_PER_CALL) if ctx.device.type == "cpu" else ctx.row_batch
         for i, sample in enumerate(inputs):
             # seed=None: fresh perturbations from the caller's global numpy generator
             seed = (sample_seed(ctx.seed, sample) if ctx.seed is not None
@@ -298,7 +304,7 @@ class Lime(Explainer):
             segments = self.segments(sample, seed)
             n_segments = int(segments.max()) + 1
             masks = lime_masks(np.random.RandomState(seed), self.num_samples, n_segments)
-            probs = self._masked_probabilities(model, sample, int(targets[i]), segments, masks, ctx.row_batch)
+            probs = self._masked_probabilities(model, sample, int(targets[i]), segments, masks, rows_per_call)
             coef, intercepts[i], r2[i] = self._fit(masks, probs, seed)
             seg = torch.from_numpy(segments).to(inputs.device)
             attributions[i] = torch.from_numpy(coef).to(inputs.device, inputs.dtype)[seg]

@@ -1,0 +1,45 @@
+"""Built-in CNN/RNN classifiers, datasets, training with regularization and augmentation knobs, and safe model I/O.
+
+Nothing here imports from ``xaudit.explain`` or ``xaudit.reports``: data flows models → explain → reports.
+"""
+
+from __future__ import annotations
+
+from ._augment import AUGMENTATIONS, Augmentation
+from ._cache import cached_train, default_cache_dir
+from ._data import DATASETS, Dataset, load_dataset
+from ._errors import UnsafeModelFileError, XauditError, did_you_mean
+from ._io import LoadedModel, load_model, save_model
+from ._nets import MODELS, ModelSpec, build_model, count_parameters, model_kind
+from ._recipes import reference_config
+from ._train import EpochRecord, TrainConfig, TrainResult, evaluate, predict_proba, train_model
+from ._validate import check_inputs
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "MODELS",
+    "Augmentation",
+    "Dataset",
+    "EpochRecord",
+    "LoadedModel",
+    "ModelSpec",
+    "TrainConfig",
+    "TrainResult",
+    "UnsafeModelFileError",
+    "XauditError",
+    "build_model",
+    "cached_train",
+    "check_inputs",
+    "count_parameters",
+    "default_cache_dir",
+    "did_you_mean",
+    "evaluate",
+    "load_dataset",
+    "load_model",
+    "model_kind",
+    "predict_proba",
+    "reference_config",
+    "save_model",
+    "train_model",
+]

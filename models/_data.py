@@ -1,0 +1,298 @@
+"""Datasets: the built-in image and sequence benchmarks, and user data from an ``.npz`` file."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import random
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._errors import XauditError, did_you_mean
+
+DATASETS: tuple[str, ...] = ("digits", "digits-seq", "mnist1d")
+"""Names :func:`load_dataset` accepts besides ``.npz`` paths."""
+
+KINDS: tuple[str, ...] = ("image", "sequence")
+
+_NPZ_USAGE = "save it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A labelled train/test split in the layout models consume.
+
+    ``kind`` is ``"image"`` (x is N×C×H×W) or ``"sequence"`` (x is N×T×F: time steps × features).
+    x tensors are float32, y tensors int64; the train split may have 0 rows when a user file only
+    carries test data.
+    """
+
+    name: str
+    kind: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise did_you_mean("data kind", self.kind, KINDS)
+        want_ndim = 4 if self.kind == "image" else 3
+        layout = "N×C×H×W" if self.kind == "image" else "N×T×F"
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.ndim != want_ndim:
+                raise XauditError(
+                    f"{self.kind} dataset {self.name!r} has x_{split} of shape {tuple(x.shape)}: "
+                    f"pass a {want_ndim}-D tensor laid out {layout}"
+                )
+            if y.ndim != 1 or len(y) != len(x):
+                raise XauditError(
+                    f"dataset {self.name!r} has {len(x)} x_{split} rows but y_{split} of shape "
+                    f"{tuple(y.shape)}: pass one integer label per sample"
+                )
+        if self.x_train.shape[1:] != self.x_test.shape[1:] and len(self.x_train):
+            raise XauditError(
+                f"dataset {self.name!r} has train samples shaped {tuple(self.x_train.shape[1:])} but test samples "
+                f"shaped {tuple(self.x_test.shape[1:])}: give both splits the same per-sample shape"
+            )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: (C, H, W) for images, (T, F) for sequences."""
+        return tuple(self.x_test.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+    def subset(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+        """The first ``n_train`` train and ``n_test`` test samples (``None`` keeps a split whole).
+
+        The built-in splits are already shuffled, so a prefix is a fair sample; used for quick runs.
+        """
+        return Dataset(
+            name=self.name,
+            kind=self.kind,
+            x_train=self.x_train[:n_train],
+            y_train=self.y_train[:n_train],
+            x_test=self.x_test[:n_test],
+            y_test=self.y_test[:n_test],
+            class_names=self.class_names,
+        )
+
+
+def load_dataset(source: str | os.PathLike[str], *, seed: int = 0) -> Dataset:
+    """Load a built-in dataset by name (see :data:`DATASETS`) or a user ``.npz`` file.
+
+    ``seed`` is the ``random_state`` of the stratified 80/20 split of the ``digits`` datasets. MNIST-1D keeps
+    its published generator seed and split (4000/1000) so accuracies compare with Greydanus 2020; a user
+    file defines its own split, so ``seed`` does not apply to either.
+    """
+    name = os.fspath(source)
+    if name in ("digits", "digits-seq"):
+        x_train, y_train, x_test, y_test = _digits_arrays(seed)
+        if name == "digits":
+            # 8×8 grey images, values 0..16 → [0, 1]
+            shape: tuple[int, ...] = (1, 8, 8)
+            kind = "image"
+        else:
+            # the same images read row by row, top to bottom: 8 steps of 8 features
+            shape = (8, 8)
+            kind = "sequence"
+        return _from_arrays(name, kind, x_train, y_train, x_test, y_test, shape)
+    if name == "mnist1d":
+        x_train, y_train, x_test, y_test = _mnist1d_arrays()
+        return _from_arrays(name, "sequence", x_train, y_train, x_test, y_test, (40, 1))
+    path = Path(name)
+    if path.suffix.lower() == ".npz" or path.exists():
+        return _load_npz(path)
+    raise did_you_mean("dataset", name, DATASETS)
+
+
+def _from_arrays(
+    name: str,
+    kind: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    sample_shape: tuple[int, ...],
+) -> Dataset:
+    # fresh tensors each call: the cached arrays must never be written through a returned Dataset
+    def x(a: np.ndarray) -> torch.Tensor:
+        return torch.tensor(a, dtype=torch.float32).reshape(len(a), *sample_shape)
+
+    def y(a: np.ndarray) -> torch.Tensor:
+        return torch.tensor(a, dtype=torch.int64)
+
+    return Dataset(name, kind, x(x_train), y(y_train), x(x_test), y(y_test), tuple(str(i) for i in range(10)))
+
+
+@functools.lru_cache(maxsize=8)
+def _digits_arrays(seed: int) -> tuple[np.ndarray, ...]:
+    """The sklearn digits (1797 images), scaled to [0, 1] and split 80/20 stratified by class."""
+    from sklearn.datasets import load_digits  # deferred: importing sklearn costs ~0.5 s
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    parts = train_test_split(x, bunch.target, test_size=0.2, stratify=bunch.target, random_state=seed)
+    x_train, x_test, y_train, y_test = parts
+    return _frozen(x_train, y_train, x_test, y_test)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist1d_arrays() -> tuple[np.ndarray, ...]:
+    """MNIST-1D at its defaults (Greydanus 2020): 4000 train and 1000 test signals of length 40.
+
+    Generating takes ~2.5 s, hence the in-process cache.
+    """
+    # mnist1d imports matplotlib.pyplot at module level, so it is only imported when asked for
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    # make_dataset reseeds Python's and numpy's global RNGs; the caller's streams are put back afterwards
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            data = make_dataset(get_dataset_args())
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return _frozen(data["x"], data["y"], data["x_test"], data["y_test"])
+
+
+def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    out = []
+    for a in arrays:
+        a = np.array(a)
+        a.flags.writeable = False
+        out.append(a)
+    return tuple(out)
+
+
+def _load_npz(path: Path) -> Dataset:
+    """Read and validate a user ``.npz`` with x_test, y_test and optionally x_train, y_train, class_names."""
+    label = str(path)
+    if not path.is_file():
+        raise XauditError(f"data file not found: {label!r}: check the path, or use a built-in dataset ({', '.join(DATASETS)})")
+    if not zipfile.is_zipfile(path):
+        raise XauditError(f"data file {label!r} is not a valid .npz (not a zip archive): {_NPZ_USAGE}")
+    try:
+        # allow_pickle=False: an .npz of object arrays could run code when loaded
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "pickle" in reason:
+            reason = "it holds Python object arrays"
+        raise XauditError(f"data file {label!r} is not a valid numeric .npz ({reason}): {_NPZ_USAGE}") from exc
+
+    for key in ("x_test", "y_test"):
+        if key not in arrays:
+            raise XauditError(f"data file {label!r} is missing key {key!r}: {_NPZ_USAGE}")
+    has = ("x_train" in arrays, "y_train" in arrays)
+    if has[0] != has[1]:
+        missing = "y_train" if has[0] else "x_train"
+        raise XauditError(f"data file {label!r} is missing key {missing!r}: {_NPZ_USAGE} (or drop both train arrays)")
+
+    x_test = _check_x(label, "x_test", arrays["x_test"])
+    y_test = _check_y(label, "y_test", arrays["y_test"], len(x_test))
+    if not len(x_test):
+        raise XauditError(f"data file {label!r} has an empty x_test: add at least one test sample")
+    if has[0]:
+        x_train = _check_x(label, "x_train", arrays["x_train"])
+        y_train = _check_y(label, "y_train", arrays["y_train"], len(x_train))
+        if len(x_train) and x_train.shape[1:] != x_test.shape[1:]:
+            raise XauditError(
+                f"data file {label!r} has train samples shaped {x_train.shape[1:]} but test samples shaped "
+                f"{x_test.shape[1:]}: give both splits the same per-sample shape"
+            )
+    else:
+        x_train = np.zeros((0, *x_test.shape[1:]), dtype=np.float32)
+        y_train = np.zeros(0, dtype=np.int64)
+
+    n_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    if "class_names" in arrays:
+        names = tuple(str(s) for s in np.asarray(arrays["class_names"]).reshape(-1))
+        if len(names) < n_classes:
+            raise XauditError(
+                f"data file {label!r} has {len(names)} class_names but labels up to {n_classes - 1}: "
+                f"give one name per class 0..{n_classes - 1}"
+            )
+    else:
+        names = tuple(str(i) for i in range(max(n_classes, 2)))
+
+    kind = "image" if x_test.ndim == 4 else "sequence"
+    if x_test.ndim == 2:
+        # a flat signal per row is a univariate sequence: N×L → N×L×1
+        x_train, x_test = x_train[..., None], x_test[..., None]
+    return Dataset(
+        name=label,
+        kind=kind,
+        x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
+        y_train=torch.from_numpy(y_train),
+        x_test=torch.from_numpy(np.ascontiguousarray(x_test)),
+        y_test=torch.from_numpy(y_test),
+        class_names=names,
+    )
+
+
+def _check_x(label: str, key: str, x: np.ndarray) -> np.ndarray:
+    """Validate one feature array and return it as float32."""
+    if x.dtype.kind not in "biuf":
+        raise XauditError(f"data {key!r} in {label!r} has dtype {x.dtype}: store numbers (float32 is best)")
+    if x.ndim not in (2, 3, 4):
+        raise XauditError(
+            f"data {key!r} in {label!r} has shape {x.shape}: use N×C×H×W for images, N×T×F or N×L for sequences"
+        )
+    if x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        raise XauditError(
+            f"data {key!r} in {label!r} has shape {x.shape}, which looks channels-last (N×H×W×C): "
+            "save images as N×C×H×W, e.g. x.transpose(0, 3, 1, 2)"
+        )
+    x = x.astype(np.float32)
+    # counted after the cast, so float64 values too large for float32 show up as Inf here
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise XauditError(f"data {key!r} has {bad} NaN/Inf values: clean or impute them before auditing")
+    return x
+
+
+def _check_y(label: str, key: str, y: np.ndarray, n: int) -> np.ndarray:
+    """Validate one label array (class indices 0..K-1, one per sample) and return it as int64."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise XauditError(
+            f"data {key!r} in {label!r} has shape {y.shape}: store one class index per sample "
+            "(for one-hot labels use y.argmax(1))"
+        )
+    if len(y) != n:
+        x_key = "x_" + key.split("_", 1)[1]
+        raise XauditError(
+            f"data file {label!r} has {n} {x_key} samples but {len(y)} {key} labels: give one label per sample"
+        )
+    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        y = y.astype(np.int64)  # integral floats (1.0) are common from tools that store everything as float
+    if y.dtype.kind not in "iub":
+        raise XauditError(f"data {key!r} in {label!r} has labels of dtype {y.dtype}: store integer class indices 0..K-1")
+    y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise XauditError(f"data {key!r} in {label!r} has negative label {int(y.min())}: store class indices 0..K-1")
+    return y

@@ -1,0 +1,219 @@
+"""Computing a report: evaluate the model, pick the samples to explain, run every method, meter the cost.
+
+Nothing here draws or writes; :mod:`._report` turns the :class:`ReportContext` into HTML and JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from xaudit.explain import Explanation, available_methods, get_explainer
+from xaudit.models._data import Dataset
+from xaudit.models._train import evaluate
+from xaudit.models._errors import XauditError
+
+from ._runtime import machine_info, resolve_device
+from ._subject import ModelSource, Subject, resolve_subject
+
+#: Training inputs handed to methods that need background data (SHAP-style baselines).
+BACKGROUND_SIZE = 64
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, eq=False)
+class MethodResult:
+    """One method's outcome on the report's samples: an explanation, or the reason there is none.
+
+    ``quality`` holds faithfulness/sanity metrics once a quality step fills it (empty for now).
+    """
+
+    name: str
+    family: str
+    paper: str
+    capabilities: dict[str, bool]
+    explanation: Explanation | None = None
+    reason: str | None = None
+    fit_wall_s: float | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def supported(self) -> bool:
+        return self.explanation is not None
+
+
+@dataclass(frozen=True, eq=False)
+class ReportContext:
+    """Everything the sections render: the subject, its metrics, the explained samples and each method's result.
+
+    ``targets`` are the model's predictions for the explained samples (every method explains the predicted
+    class); ``labels`` are the true classes.
+    """
+
+    subject: Subject
+    device: torch.device
+    metrics: dict[str, float | None]
+    indices: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor
+    methods: tuple[MethodResult, ...]
+    machine: dict[str, Any]
+    seed: int
+    created_utc: str
+
+
+def resolve_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Method names to run (default: every registered one), each checked against the registry."""
+    if methods is None:
+        return available_methods()
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m) for m in methods]
+    names = [m for m in names if m]
+    if not names:
+        raise XauditError(f"no explanation method given: pick from {', '.join(available_methods())}")
+    for name in names:
+        get_explainer(name)  # raises the "did you mean" error
+    return tuple(dict.fromkeys(names))
+
+
+def select_samples(n_total: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of ``n`` of ``n_total`` samples: a seeded random subset in ascending order (all when n ≥ n_total)."""
+    if n >= n_total:
+        return torch.arange(n_total)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_total, generator=generator)[:n].sort().values
+
+
+def background_samples(dataset: Dataset, seed: int) -> torch.Tensor:
+    """Up to :data:`BACKGROUND_SIZE` seeded training inputs (test inputs when the data has no training split)."""
+    pool = dataset.x_train if dataset.n_train else dataset.x_test
+    return pool[select_samples(len(pool), BACKGROUND_SIZE, seed + 1)]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def compute_metrics(model: nn.Module, dataset: Dataset) -> dict[str, float | None]:
+    """Accuracy and loss on the full train and test splits, and the generalization gap (train − test accuracy).
+
+    Train metrics are on every training sample, the validation part included, in eval mode; they are None
+    when the data has no training split.
+    """
+    test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
+    train_loss: float | None = None
+    train_acc: float | None = None
+    if dataset.n_train:
+        train_loss, train_acc = evaluate(model, dataset.x_train, dataset.y_train)
+    return {"train_accuracy": train_acc, "test_accuracy": test_acc,
+            "generalization_gap": None if train_acc is None else train_acc - test_acc,
+            "train_loss": train_loss, "test_loss": test_loss}
+
+
+def predict_classes(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's predicted class per sample (on the CPU), in eval mode without autograd."""
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([model(xb.to(device)).argmax(-1).cpu() for xb in x.split(512)])
+    finally:
+        model.train(was_training)
+
+
+def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, background: torch.Tensor,
+                    names: Sequence[str], *, seed: int, progress: Progress | None = None) -> tuple[MethodResult, ...]:
+    """Run each method on ``x`` for ``targets``; unsupported methods and user-level errors become reasons.
+
+    Each method runs once, untimed, on one sample first, so one-time costs (lazy imports, thread pools,
+    allocator warm-up) land on no method's bill; the first method would otherwise pay for all of them.
+    """
+    say = progress or (lambda _msg: None)
+    results = []
+    for i, name in enumerate(names, 1):
+        cls = get_explainer(name)
+        explainer = cls(model)
+        base = {"name": name, "family": cls.family, "paper": cls.paper,
+                "capabilities": {"uses_gradients": cls.uses_gradients, "needs_background": cls.needs_background,
+                                 "is_stochastic": cls.is_stochastic}}
+        reason = explainer.unsupported_reason(tuple(x.shape[1:]))
+        if reason:
+            say(f"method {i}/{len(names)} {name}: skipped: {reason}")
+            results.append(MethodResult(**base, reason=reason))
+            continue
+        say(f"method {i}/{len(names)} {name}: explaining {len(x)} samples")
+        try:
+            start = time.perf_counter()
+            if cls.needs_background:
+                explainer.fit(background)
+            fit_s = time.perf_counter() - start if cls.needs_background else None
+            explainer.explain(x[:1], targets[:1], seed=seed)
+            exp = explainer.explain(x, targets, seed=seed)
+        except XauditError as exc:
+            # one method failing on this model (say, a memory budget too small) should not cost the
+            # user every other method's result; the reason goes in the report instead
+            say(f"method {i}/{len(names)} {name}: failed: {exc}")
+            results.append(MethodResult(**base, reason=str(exc)))
+            continue
+        per = exp.cost.per_sample()
+        say(f"method {i}/{len(names)} {name}: {exp.cost.wall_s:.2f} s "
+            f"({per['wall_s_per_sample'] * 1e3:.2f} ms/sample)")
+        results.append(MethodResult(**base, explanation=exp, fit_wall_s=fit_s))
+    return tuple(results)
+
+
+def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int = 32, seed: int = 0,
+                    device: torch.device | None = None, progress: Progress | None = None) -> ReportContext:
+    """Evaluate ``subject`` and explain ``n_explain`` seeded test samples with every method in ``methods``."""
+    if n_explain < 1:
+        raise XauditError(f"n_explain must be at least 1, got {n_explain}: pass e.g. n_explain=32")
+    model = subject.model
+    device = device if device is not None else _model_device(model)
+    model.to(device)
+    dataset = subject.dataset
+    say = progress or (lambda _msg: None)
+    say(f"evaluating on {dataset.n_train} train and {dataset.n_test} test samples")
+    metrics = compute_metrics(model, dataset)
+    indices = select_samples(dataset.n_test, n_explain, seed)
+    x = dataset.x_test[indices]
+    targets = predict_classes(model, x)
+    results = explain_methods(model, x, targets, background_samples(dataset, seed), methods, seed=seed, progress=progress)
+    return ReportContext(subject=subject, device=device, metrics=metrics, indices=indices,
+                         labels=dataset.y_test[indices], targets=targets, methods=results,
+                         machine=machine_info(device), seed=seed,
+                         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def build_context(
+    model: ModelSource = "cnn",
+    data: Dataset | str | os.PathLike[str] | None = None,
+    *,
+    methods: str | Sequence[str] | None = None,
+    n_explain: int = 32,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    epochs: int | None = None,
+    state_dict: str | os.PathLike[str] | None = None,
+    trust_pickle: bool = False,
+    use_cache: bool = True,
+    progress: Progress | None = None,
+) -> ReportContext:
+    """Validate every argument, resolve the subject (training a built-in model if named), then compute."""
+    names = resolve_methods(methods)
+    if n_explain < 1:
+        raise XauditError(f"n_explain must be at least 1, got {n_explain}: pass e.g. --n-explain 32")
+    resolved = resolve_device(device) if device is not None else None
+    subject = resolve_subject(model, data, state_dict=state_dict, trust_pickle=trust_pickle, seed=seed,
+                              epochs=epochs, use_cache=use_cache, progress=progress)
+    return compute_context(subject, names, n_explain=n_explain, seed=seed, device=resolved, progress=progress)

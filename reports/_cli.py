@@ -1,0 +1,284 @@
+"""The ``xaudit`` command: ``train``, ``explain`` and ``report``.
+
+Every user mistake (an unknown name, a bad file, data that does not fit the model, an unwritable
+``--out``) is an :class:`XauditError` and becomes ONE line, ``xaudit: error: <problem and fix>``, with
+exit code 2, before any long work and without leaving a partial output file: ``--out`` is probed first
+and outputs are written atomically at the end. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xaudit.explain import available_methods
+from xaudit.models._data import DATASETS
+from xaudit.models._nets import MODELS, ModelSpec
+from xaudit.models._train import TrainConfig, train_model
+from xaudit.models._errors import XauditError
+
+from ._atomic import atomic_write, atomic_write_text, prepare_out_dir, prepare_out_file, remove_created_dirs
+from ._build import (
+    background_samples,
+    compute_context,
+    compute_metrics,
+    explain_methods,
+    predict_classes,
+    resolve_methods,
+    select_samples,
+)
+from ._report import Report, json_safe, write_report
+from ._runtime import machine_info, resolve_device, xaudit_version
+from ._subject import Subject, describe_subject, epoch_printer, resolve_subject, training_config
+
+Progress = Callable[[str], None]
+
+_EPILOG = """\
+examples:
+  xaudit report                                    # built-in CNN on digits -> xaudit-report/report.html
+  xaudit report --model gru --data mnist1d --methods saliency --n-explain 8
+  xaudit train --model cnn --data digits --out cnn.pt
+  xaudit explain --model cnn.pt --method integrated_gradients --out attr.npz
+  xaudit report --model mypkg.nets:build --state-dict weights.pt --data my_data.npz
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    what = common.add_argument_group("model and data")
+    what.add_argument("--model", default="cnn", metavar="MODEL",
+                      help=f"a built-in model ({', '.join(MODELS)}; trained with its reference recipe and cached), "
+                           "a model file (saved by `xaudit train`, or TorchScript), or a module:callable factory "
+                           "returning a torch.nn.Module (default: cnn)")
+    what.add_argument("--state-dict", metavar="FILE",
+                      help="a state-dict file whose weights are loaded into --model")
+    what.add_argument("--trust-pickle", action="store_true",
+                      help="allow model files that hold pickled Python objects; unpickling can run arbitrary "
+                           "code, so only use it for files you trust")
+    what.add_argument("--data", metavar="DATA",
+                      help=f"a built-in dataset ({', '.join(DATASETS)}) or an .npz file with x_test, y_test and "
+                           "optionally x_train, y_train, class_names (default: the dataset a saved model records, "
+                           "else digits)")
+    run = common.add_argument_group("run")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seed for training, the choice of explained samples and stochastic methods (default: 0)")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    run.add_argument("--epochs", type=_positive_int, metavar="N",
+                     help="train for N epochs instead of the reference recipe's number (quick runs)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="train built-in models afresh instead of reusing the cached copy "
+                          "($XAUDIT_CACHE_DIR, default ~/.cache/xaudit)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``xaudit`` command."""
+    parser = argparse.ArgumentParser(
+        prog="xaudit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        description="Explain and audit PyTorch CNN and RNN classifiers: attributions with measured cost, "
+                    "and one self-contained HTML report.")
+    parser.add_argument("--version", action="version", version=f"xaudit {xaudit_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _common_options()
+    methods = ", ".join(available_methods())
+
+    report = commands.add_parser(
+        "report", parents=[common], help="write report.html and report.json",
+        description="Train (or load) a model, explain test samples with every method, and write a "
+                    "self-contained report.html (opens offline) plus report.json. With no arguments: the "
+                    "built-in cnn on digits, written to xaudit-report/.")
+    report.add_argument("--out", default="xaudit-report", metavar="DIR",
+                        help="directory for report.html and report.json (default: xaudit-report)")
+    report.add_argument("--methods", metavar="A,B",
+                        help=f"comma-separated explanation methods (default: all of {methods})")
+    report.add_argument("--n-explain", type=_positive_int, default=32, metavar="N",
+                        help="how many test samples to explain and measure (default: 32)")
+    report.set_defaults(run=_run_report)
+
+    train = commands.add_parser(
+        "train", parents=[common], help="train a model and save it",
+        description="Train a built-in model with its reference recipe (or a factory model with the default "
+                    "recipe) and save it as a model file that records the data, recipe and history.")
+    train.add_argument("--out", default="model.pt", metavar="FILE", help="model file to write (default: model.pt)")
+    train.set_defaults(run=_run_train)
+
+    explain = commands.add_parser(
+        "explain", parents=[common], help="compute attributions and their cost",
+        description="Explain test samples with one method; write attributions, inputs, targets, labels and "
+                    "test indices to an .npz, and the cost as JSON next to it (also printed on stdout).")
+    explain.add_argument("--method", required=True, metavar="NAME", help=f"explanation method: {methods}")
+    explain.add_argument("--out", default="attributions.npz", metavar="FILE",
+                         help="the .npz to write; the cost goes to the same name with .json "
+                              "(default: attributions.npz)")
+    explain.add_argument("--n-explain", type=_positive_int, metavar="N",
+                         help="explain N seeded test samples (default: all test samples)")
+    explain.set_defaults(run=_run_explain)
+    return parser
+
+
+def _printer(quiet: bool) -> Progress | None:
+    if quiet:
+        return None
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        print(f"xaudit [{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+@contextmanager
+def _cleanup_on_failure(created: list[Path]) -> Iterator[None]:
+    """Remove the output directories this run created if it fails, so a failed run leaves nothing behind."""
+    try:
+        yield
+    except BaseException:
+        remove_created_dirs(created)
+        raise
+
+
+def _subject(args: argparse.Namespace, progress: Progress | None) -> Subject:
+    return resolve_subject(args.model, args.data, state_dict=args.state_dict, trust_pickle=args.trust_pickle,
+                           seed=args.seed, epochs=args.epochs, use_cache=not args.no_cache, progress=progress)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    progress = _printer(args.quiet)
+    created = prepare_out_dir(args.out)
+    with _cleanup_on_failure(created):
+        names = resolve_methods(args.methods)
+        device = resolve_device(args.device)
+        subject = _subject(args, progress)
+        ctx = compute_context(subject, names, n_explain=args.n_explain, seed=args.seed, device=device,
+                              progress=progress)
+        if progress:
+            progress("rendering the report")
+        files = write_report(Report.from_context(ctx), args.out)
+    if progress:
+        progress(f"wrote {files.html} and {files.json}")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    progress = _printer(args.quiet)
+    created = prepare_out_file(args.out)
+    with _cleanup_on_failure(created):
+        resolve_device(args.device)  # validated for consistency; training runs where the model lives
+        subject = _subject(args, progress)
+        builtin = args.model in MODELS
+        if not builtin or args.state_dict is not None:
+            # resolve_subject trained only a bare built-in name; a loaded, factory or warm-started model
+            # is trained here, in place (the default recipe for non-built-in architectures)
+            config = (training_config(args.model, subject.dataset, seed=args.seed, epochs=args.epochs) if builtin
+                      else TrainConfig(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {})))
+            if progress:
+                progress(f"training {subject.name} on {subject.dataset.name} ({config.epochs} epochs)")
+            result = train_model(subject.model, subject.dataset, config,
+                                 progress=epoch_printer(progress, subject.name))
+            subject = dataclasses.replace(subject, train_config=config, history=result.history)
+        _save_trained(subject, Path(args.out), progress)
+    if progress:
+        metrics = compute_metrics(subject.model, subject.dataset)
+        progress(f"saved {args.out}: train accuracy {metrics['train_accuracy']:.2%}, "
+                 f"test accuracy {metrics['test_accuracy']:.2%}")
+    return 0
+
+
+def _save_trained(subject: Subject, out: Path, progress: Progress | None) -> None:
+    """An xaudit model file for built-in architectures; a plain state dict for any other module.
+
+    Only built-in models can be rebuilt from a file alone; for a factory or TorchScript model the
+    weights are what the user needs, to be loaded back with ``--model <same> --state-dict <out>``.
+    """
+    from xaudit.models import save_model  # model I/O on use, as in _subject
+
+    if isinstance(getattr(subject.model, "spec", None), ModelSpec):
+        save_model(subject.model, out, dataset=subject.dataset.name, train_config=subject.train_config,
+                   history=subject.history)
+        return
+    weights = {k: v.detach().cpu().clone() for k, v in subject.model.state_dict().items()}
+    atomic_write(out, lambda fh: torch.save(weights, fh))
+    if progress:
+        progress(f"{subject.name} is not a built-in model, so {out} holds its weights only (a state dict): "
+                 f"load them with --model <the same model> --state-dict {out}")
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    progress = _printer(args.quiet)
+    out = Path(args.out)
+    cost_path = out.with_suffix(".json")
+    if cost_path == out:
+        raise XauditError(f"--out {str(out)!r} ends in .json, where the cost goes: name the attributions file "
+                          f"{str(out.with_suffix('.npz'))!r}")
+    created = prepare_out_file(out)
+    with _cleanup_on_failure(created):
+        (name,) = resolve_methods([args.method])
+        device = resolve_device(args.device)
+        subject = _subject(args, progress)
+        subject.model.to(device)
+        dataset = subject.dataset
+        indices = select_samples(dataset.n_test, args.n_explain or dataset.n_test, args.seed)
+        x = dataset.x_test[indices]
+        targets = predict_classes(subject.model, x)
+        (result,) = explain_methods(subject.model, x, targets, background_samples(dataset, args.seed), [name],
+                                    seed=args.seed, progress=progress)
+        if result.explanation is None:
+            raise XauditError(f"{name} cannot explain this model: {result.reason}; choose another --method")
+        exp = result.explanation
+        summary = {"xaudit_version": xaudit_version(), **exp.to_dict(), "fit_wall_s": result.fit_wall_s,
+                   "cost_total": exp.cost.to_dict(), **describe_subject(subject),
+                   "machine": machine_info(device), "npz": out.name}
+        arrays = {"attributions": exp.attributions.numpy(), "inputs": exp.inputs.numpy(),
+                  "targets": exp.targets.numpy(), "labels": dataset.y_test[indices].numpy(),
+                  "test_indices": indices.numpy(), "class_names": np.array(subject.class_names, dtype=str)}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
+        atomic_write(out, lambda fh: fh.write(buffer.getvalue()))
+        atomic_write_text(cost_path, text)
+    print(text, end="")
+    if progress:
+        progress(f"wrote {out} and {cost_path}")
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``xaudit`` with ``argv`` (default: the command line); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: keep argparse's code, return it
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return int(args.run(args))
+    except XauditError as exc:
+        print(f"xaudit: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xaudit: interrupted", file=sys.stderr)
+        return 130

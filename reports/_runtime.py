@@ -1,0 +1,79 @@
+"""Where the work runs: resolving ``--device`` and describing the machine a cost was measured on."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from typing import Any
+
+import torch
+
+from xaudit.models._errors import XauditError
+
+DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
+
+
+def resolve_device(spec: str | torch.device | None) -> torch.device:
+    """Turn ``cpu`` / ``cuda`` / ``cuda:N`` / ``auto`` into a usable device, or raise a one-line error."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = (spec or "cpu").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise XauditError(f"unknown device {spec!r}: use {DEVICE_CHOICES}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise XauditError(f"device {spec!r} is not supported: use {DEVICE_CHOICES}")
+    if not torch.cuda.is_available():
+        raise XauditError(f"device {spec!r} was requested but no CUDA GPU is available to this torch "
+                          f"(torch {torch.__version__}): use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise XauditError(f"device {spec!r} does not exist: this machine has {count} CUDA device(s) "
+                          f"(cuda:0..cuda:{count - 1}); use one of those or --device cpu")
+    return device
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def xaudit_version() -> str:
+    return _version("xaudit") or "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = fh.read().splitlines()
+    except OSError:  # not Linux: platform.processor() below is the portable (if vaguer) answer
+        lines = []
+    for line in lines:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What a cost measurement depends on: CPU, core and thread counts, accelerator, library versions."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    info: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": len(affinity(0)) if affinity else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "versions": {name: _version(name) for name in ("xaudit", "torch", "captum", "shap", "lime", "numpy")},
+    }
+    return info

@@ -1,0 +1,199 @@
+"""Report sections: each turns a :class:`ReportContext` into its part of report.json and an HTML fragment.
+
+A section's JSON part is a mapping of top-level report.json keys; keys of different sections must not
+collide. Its HTML is rendered from that same JSON (plus figures drawn from the context's tensors), so the
+page and the JSON can never disagree. New sections subclass :class:`Section` and join
+:data:`DEFAULT_SECTIONS` or are passed to ``build_report(sections=...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import jinja2
+import numpy as np
+from markupsafe import Markup
+
+from xaudit.explain._cost import ESTIMATED_WATTS_PER_CORE
+
+from . import _figures
+from ._build import ReportContext
+from ._subject import describe_subject
+
+#: Samples drawn per method in the attribution figures (all explained samples are measured).
+MAX_EXAMPLES_SHOWN = 6
+
+
+class Section:
+    """One part of the report. Subclasses set ``id``, ``title`` and ``template`` and implement ``json_part``."""
+
+    id: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    template: ClassVar[str] = ""
+
+    def json_part(self, ctx: ReportContext) -> dict[str, Any]:
+        """This section's top-level entries of report.json (plain JSON values only)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement json_part")
+
+    def template_vars(self, ctx: ReportContext, report: Mapping[str, Any]) -> dict[str, Any]:
+        """Extra variables for the template (figures, derived values); the full report JSON is always passed."""
+        return {}
+
+    def render(self, ctx: ReportContext, report: Mapping[str, Any], env: jinja2.Environment) -> Markup:
+        """The section's HTML fragment (autoescaped by the environment)."""
+        html = env.get_template(self.template).render(report=report, section=self,
+                                                      **self.template_vars(ctx, report))
+        return Markup(html)  # noqa: S704 - produced by an autoescaping environment
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ModelSection(Section):
+    """What is audited: architecture, size, input layout, classes, where the weights came from, how trained."""
+
+    id = "model"
+    title = "Model and data"
+    template = "model.html.j2"
+
+    def json_part(self, ctx: ReportContext) -> dict[str, Any]:
+        return describe_subject(ctx.subject)
+
+
+class PerformanceSection(Section):
+    """Train and test accuracy, the generalization gap, and the training curves."""
+
+    id = "performance"
+    title = "Accuracy and training"
+    template = "performance.html.j2"
+
+    def json_part(self, ctx: ReportContext) -> dict[str, Any]:
+        history = [dataclasses.asdict(record) for record in ctx.subject.history]
+        return {"metrics": dict(ctx.metrics), "training": {"epochs_run": len(history), "history": history}}
+
+    def template_vars(self, ctx: ReportContext, report: Mapping[str, Any]) -> dict[str, Any]:
+        history = report["training"]["history"]
+        return {"curves": _figures.training_curves(history) if history else None}
+
+
+def _figure_title(index: int, label: str, prediction: str) -> str:
+    def short(name: str) -> str:
+        name = name if len(name) <= 10 else name[:9] + "…"
+        return name.replace("$", r"\$")  # a "$" pair would switch matplotlib to math mode
+
+    return f"#{index}\n{short(label)} → {short(prediction)}"
+
+
+class AttributionSection(Section):
+    """A few explained test samples per method: overlays for images, per-time-step plots for sequences."""
+
+    id = "attributions"
+    title = "Attribution examples"
+    template = "attributions.html.j2"
+
+    def json_part(self, ctx: ReportContext) -> dict[str, Any]:
+        names = ctx.subject.class_names
+        return {"examples": {
+            "test_indices": ctx.indices.tolist(),
+            "labels": ctx.labels.tolist(),
+            "predictions": ctx.targets.tolist(),
+            "label_names": [names[i] if i < len(names) else str(i) for i in ctx.labels.tolist()],
+            "prediction_names": [names[i] for i in ctx.targets.tolist()],
+            "explained_class": "predicted",
+            "n_explained": len(ctx.indices),
+            "n_shown": min(len(ctx.indices), MAX_EXAMPLES_SHOWN),
+            "layout": _figures.sample_layout(ctx.subject.dataset.input_shape),
+        }}
+
+    def template_vars(self, ctx: ReportContext, report: Mapping[str, Any]) -> dict[str, Any]:
+        examples = report["examples"]
+        shown = examples["n_shown"]
+        titles = [_figure_title(i, lab, pred) for i, lab, pred in
+                  zip(examples["test_indices"], examples["label_names"], examples["prediction_names"])][:shown]
+        inputs = ctx.subject.dataset.x_test[ctx.indices[:shown]].numpy()
+        figures = []
+        for result in ctx.methods:
+            if result.explanation is None:
+                continue
+            attributions = result.explanation.attributions[:shown].numpy()
+            # signedness is read from the values: methods do not declare it, and abs-valued variants exist
+            signed = bool((attributions < 0).any())
+            figures.append({"name": result.name, "family": result.family, "paper": result.paper,
+                            "signed": signed, "config": dict(result.explanation.config),
+                            "uri": _figures.sample_grid(inputs, attributions, titles, signed=signed)})
+        return {"inputs_uri": _figures.sample_grid(inputs, None, titles), "figures": figures,
+                "unsupported": [r for r in ctx.methods if r.explanation is None],
+                "rows": list(zip(examples["test_indices"], examples["label_names"],
+                                 examples["prediction_names"]))[:shown]}
+
+
+def _memory_note(sources: set[str]) -> str:
+    if sources == {"rss"}:
+        return ("peak resident set size above the level at the start of the call (the kernel's high-water "
+                "mark is reset through /proc/self/clear_refs first, so it is the method's own peak)")
+    if sources == {"cuda_max_memory_allocated"}:
+        return "torch.cuda.max_memory_allocated above the allocation at the start of the call"
+    return "process peak resident set size above the start of the call (lifetime peak: could not be reset)"
+
+
+class CostSection(Section):
+    """Per-method cost table (the report.json ``methods`` list) and how it was measured."""
+
+    id = "cost"
+    title = "Cost of each method"
+    template = "cost.html.j2"
+
+    def json_part(self, ctx: ReportContext) -> dict[str, Any]:
+        methods = []
+        for result in ctx.methods:
+            entry: dict[str, Any] = {"name": result.name, "family": result.family, "paper": result.paper,
+                                     "supported": result.supported, "reason": result.reason,
+                                     "capabilities": dict(result.capabilities)}
+            exp = result.explanation
+            if exp is None:
+                entry.update(config=None, n_samples=0, fit_wall_s=None, cost=None)
+            else:
+                entry.update(config=dict(exp.config), n_samples=len(exp), fit_wall_s=result.fit_wall_s,
+                             plan=dict(exp.plan), cost=exp.cost.per_sample())
+            entry["quality"] = dict(result.quality)
+            methods.append(entry)
+        costs = [m["cost"] for m in methods if m["cost"]]
+        energy_sources = sorted({c["energy_source"] for c in costs})
+        measurement = {
+            "machine": ctx.machine,
+            "device": str(ctx.device),
+            "n_samples": len(ctx.indices),
+            "warmup": "each method ran once, untimed, on one sample before the measured call",
+            "timing": "wall: time.perf_counter (CUDA events on GPU); CPU: time.process_time, all threads summed",
+            "memory": _memory_note({c["memory_source"] for c in costs}),
+            "flops": "forward + input-gradient backward FLOPs of one sample × the counted model evaluations",
+            "energy_sources": energy_sources,
+            "watts_per_core_estimate": ESTIMATED_WATTS_PER_CORE if "estimate" in energy_sources else None,
+        }
+        return {"methods": methods, "measurement": measurement}
+
+
+DEFAULT_SECTIONS: tuple[Section, ...] = (ModelSection(), PerformanceSection(), AttributionSection(), CostSection())
+"""The sections of a standard report, in page order."""
+
+
+def format_number(value: float | None, unit: str = "", *, scale: float = 1.0, digits: int = 3) -> str:
+    """``value × scale`` with ``digits`` significant digits and an SI prefix for large numbers; "–" for None."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    value = float(value) * scale
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor and unit not in ("ms", "J", "%"):
+            return f"{value / factor:.{digits}g} {prefix}{unit}".strip()
+    return f"{value:.{digits}g} {unit}".strip()
+
+
+def format_bytes(value: float | None) -> str:
+    if value is None:
+        return "–"
+    for factor, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {unit}"
+    return f"{int(value)} B"

@@ -1,0 +1,169 @@
+"""Bad input on the command line: ONE line ``xaudit: error: ...``, exit code 2, no traceback, no output file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xaudit.models import build_model, save_model
+
+from _cli_helpers import assert_no_report, assert_one_line_error, image_npz, run_cli
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XAUDIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def cnn_file(tmp_path: Path) -> Path:
+    """An (untrained) built-in digits CNN saved as an xaudit model file: 10 classes, 1×8×8 inputs."""
+    path = tmp_path / "cnn.pt"
+    save_model(build_model("cnn", (1, 8, 8), 10, seed=0), path, dataset="digits")
+    return path
+
+
+def _report_fails(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
+    out = tmp_path / "out"
+    code, _, err = run_cli(["report", *argv, "--out", out, "--epochs", "1", "--n-explain", "2"], capsys)
+    line = assert_one_line_error(code, err, *fragments)
+    assert_no_report(out)
+    assert not out.exists(), "a failed run left its --out directory behind"
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt")), "it trained"
+    return line
+
+
+def test_unknown_model_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _report_fails(["--model", "cnm"], tmp_path, capsys, "did you mean 'cnn'")
+
+
+def test_unknown_dataset_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _report_fails(["--data", "digts"], tmp_path, capsys, "did you mean 'digits'")
+
+
+def test_unknown_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _report_fails(["--methods", "saliency,sailency"], tmp_path, capsys, "did you mean 'saliency'")
+
+
+def test_missing_model_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _report_fails(["--model", tmp_path / "nope.pt"], tmp_path, capsys, "nope.pt")
+
+
+def test_missing_data_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _report_fails(["--data", tmp_path / "nope.npz"], tmp_path, capsys, "nope.npz")
+
+
+def test_corrupt_model_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a model file\x00\x01")
+    _report_fails(["--model", bad], tmp_path, capsys, "bad.pt")
+
+
+def test_untrusted_pickle_mentions_trust_pickle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "pickled.pt"
+    torch.save(build_model("cnn", (1, 8, 8), 10), path)  # the whole module: pickled Python objects
+    _report_fails(["--model", path], tmp_path, capsys, "--trust-pickle")
+
+
+def test_npz_missing_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_npz(tmp_path / "d.npz", y_test=None)
+    _report_fails(["--data", data], tmp_path, capsys, "y_test")
+
+
+def test_npz_mismatched_lengths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_npz(tmp_path / "d.npz", y_test=np.zeros(5, dtype=np.int64))
+    _report_fails(["--data", data], tmp_path, capsys, "y_test")
+
+
+def test_nan_in_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.random.default_rng(0).random((12, 1, 8, 8), dtype=np.float32)
+    x[3, 0, 2, 2] = np.nan
+    data = image_npz(tmp_path / "d.npz", x_test=x)
+    _report_fails(["--data", data], tmp_path, capsys, "nan")
+
+
+def test_builtin_model_that_does_not_fit_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _report_fails(["--model", "gru", "--data", "digits"], tmp_path, capsys, "gru")
+
+
+def test_model_file_that_does_not_fit_the_data(tmp_path: Path, cnn_file: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    seq = tmp_path / "seq.npz"
+    np.savez(seq, x_test=rng.random((6, 40, 1), dtype=np.float32), y_test=np.arange(6) % 2)
+    _report_fails(["--model", cnn_file, "--data", seq], tmp_path, capsys, "shape")
+
+
+def test_labels_outside_the_models_classes(tmp_path: Path, cnn_file: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_npz(tmp_path / "d.npz", n_test=12, n_classes=12)  # test labels 0..11, the model has 10 classes
+    _report_fails(["--model", cnn_file, "--data", data], tmp_path, capsys, "label", "class")
+
+
+def test_unwritable_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "somefile.txt"
+    blocker.write_text("I am a file")
+    code, _, err = run_cli(["report", "--out", blocker / "sub", "--epochs", "1"], capsys)
+    assert_one_line_error(code, err, "somefile.txt")
+    assert blocker.read_text() == "I am a file"
+    assert not (tmp_path / "cache").exists(), "it trained before checking --out"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_names_device_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _report_fails(["--device", "cuda"], tmp_path, capsys, "--device cpu")
+
+
+def test_train_and_explain_share_the_error_contract(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["train", "--model", "cnm", "--out", tmp_path / "m.pt"], capsys)
+    assert_one_line_error(code, err, "did you mean 'cnn'")
+    code, _, err = run_cli(["explain", "--method", "sailency", "--out", tmp_path / "a.npz"], capsys)
+    assert_one_line_error(code, err, "did you mean 'saliency'")
+    code, _, err = run_cli(["train", "--out", tmp_path], capsys)
+    assert_one_line_error(code, err, "is a directory")
+    code, _, err = run_cli(["explain", "--method", "saliency", "--out", tmp_path / "a.json"], capsys)
+    assert_one_line_error(code, err, ".npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from xaudit.reports import _cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a genuine bug")
+
+    monkeypatch.setattr(_cli, "resolve_subject", broken)
+    with pytest.raises(ZeroDivisionError):
+        _cli.main(["report", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def _installed_script() -> str | None:
+    candidate = Path(sys.executable).parent / "xaudit"
+    return str(candidate) if candidate.exists() else shutil.which("xaudit")
+
+
+@pytest.mark.parametrize("launcher", ["python -m", "script"])
+def test_no_traceback_reaches_the_terminal(launcher: str, tmp_path: Path) -> None:
+    if launcher == "script":
+        script = _installed_script()
+        if script is None:
+            pytest.skip("the xaudit console script is not installed")
+        command = [script]
+    else:
+        command = [sys.executable, "-m", "xaudit.reports"]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    env = {**os.environ, "XAUDIT_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([*command, "report", "--model", str(bad), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, env=env, timeout=180)
+    assert_one_line_error(result.returncode, result.stderr, "bad.pt")
+    assert result.stdout == ""
+    assert_no_report(tmp_path / "out")

@@ -1,0 +1,149 @@
+"""User models on the command line (a ``module:callable`` factory, a TorchScript file, a state dict, a user
+.npz), and the ``train`` and ``explain`` subcommands."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xaudit.models import build_model, count_parameters, load_model, save_model
+
+from _cli_helpers import assert_report_contract, assert_self_contained, image_npz, read_report_json, run_cli
+
+FAST = "saliency,integrated_gradients"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XAUDIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def factory_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An importable module with a ``build()`` factory of a small digits classifier."""
+    package = tmp_path / "usermodels"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def build():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "usermodels.nets:build"
+
+
+def _report(argv: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    code, _, err = run_cli(["report", *argv, "--methods", FAST, "--n-explain", "2", "--out", out, "-q"], capsys)
+    assert code == 0, err
+    assert_self_contained((out / "report.html").read_text(encoding="utf-8"))
+    report = read_report_json(out)
+    assert_report_contract(report)
+    return report
+
+
+def test_factory_model(factory_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = _report(["--model", factory_module, "--data", "digits"], tmp_path / "out", capsys)
+    assert report["model"]["n_params"] == 4 * 9 + 4 + 256 * 10 + 10
+    assert report["model"]["kind"] == "cnn" and report["model"]["train_config"] is None
+
+
+def test_factory_model_with_state_dict(factory_module: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    model = importlib.import_module("usermodels.nets").build()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.01)
+    weights = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), weights)
+    report = _report(["--model", factory_module, "--state-dict", weights, "--data", "digits"], tmp_path / "out",
+                     capsys)
+    assert report["metrics"]["test_accuracy"] >= 0.0
+
+
+# explain/_memory.row_memory (and the hook-compatibility check of the hook-based methods) register forward
+# hooks, which ScriptModules refuse; reported to explain/. Not strict, so the fix there turns this green.
+def test_torchscript_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = build_model("cnn", (8, 8), 10, seed=0).eval()
+    path = tmp_path / "scripted.pt"
+    torch.jit.trace(model, torch.rand(2, 8, 8)).save(str(path))
+    report = _report(["--model", path, "--data", "digits-seq"], tmp_path / "out", capsys)
+    assert report["model"]["n_params"] == count_parameters(model)
+    assert report["examples"]["layout"] == "matrix"
+
+
+def test_user_npz_class_names_are_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    evil = "<script>alert(1)</script>"
+    data = image_npz(tmp_path / "evil.npz", class_names=np.array([evil, "b", "c"]))
+    out = tmp_path / "out"
+    report = _report(["--model", "cnn", "--data", data, "--epochs", "1"], out, capsys)
+    assert report["model"]["class_names"][0] == evil  # JSON keeps the real name
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert evil not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_train_then_report_on_the_saved_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_file = tmp_path / "models" / "cnn.pt"
+    code, _, err = run_cli(["train", "--model", "cnn", "--data", "digits", "--epochs", "1", "--out", model_file],
+                           capsys)
+    assert code == 0, err
+    assert "saved" in err
+    loaded = load_model(model_file)
+    assert len(loaded.history) == 1
+    # --data omitted: the dataset the model file records
+    report = _report(["--model", model_file], tmp_path / "out", capsys)
+    assert report["data"]["name"] == "digits"
+    assert len(report["training"]["history"]) == 1
+
+
+def test_train_a_factory_model(factory_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "trained.pt"
+    code, _, err = run_cli(["train", "--model", factory_module, "--data", "digits", "--epochs", "1", "--out", out,
+                            "-q"], capsys)
+    assert code == 0, err
+    # not a built-in architecture: the file holds the weights, which load back with --state-dict
+    weights = torch.load(out, weights_only=True)
+    assert set(weights) == {"0.weight", "0.bias", "3.weight", "3.bias"}
+    report = _report(["--model", factory_module, "--state-dict", out, "--data", "digits"], tmp_path / "rep", capsys)
+    assert report["model"]["n_params"] == 4 * 9 + 4 + 256 * 10 + 10
+
+
+def test_explain_writes_npz_and_cost_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "attr.npz"
+    code, stdout, err = run_cli(["explain", "--model", "cnn", "--data", "digits", "--epochs", "1",
+                                 "--method", "integrated_gradients", "--n-explain", "5", "--out", out, "-q"], capsys)
+    assert code == 0, err
+    with np.load(out) as npz:
+        assert npz["attributions"].shape == npz["inputs"].shape == (5, 1, 8, 8)
+        assert npz["targets"].shape == npz["labels"].shape == npz["test_indices"].shape == (5,)
+        assert np.isfinite(npz["attributions"]).all()
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary == json.loads(stdout)
+    assert summary["name"] == "integrated_gradients" and summary["n_samples"] == 5
+    assert summary["cost"]["forward_evals_per_sample"] > 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["attr.json", "attr.npz"]
+
+
+def test_explain_unsupported_method_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xaudit.explain import available_methods, get_explainer
+
+    model = build_model("gru", (8, 8), 10)
+    unsupported = [m for m in available_methods() if get_explainer(m)(model).unsupported_reason((8, 8))]
+    if not unsupported:
+        pytest.skip("every registered method supports recurrent models")
+    model_file = tmp_path / "m.pt"
+    save_model(model, model_file, dataset="digits-seq")
+    code, _, err = run_cli(["explain", "--model", model_file, "--data", "digits-seq", "--method", unsupported[0],
+                            "--out", tmp_path / "a.npz", "-q"], capsys)
+    assert code == 2 and err.startswith("xaudit: error:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a.npz").exists()

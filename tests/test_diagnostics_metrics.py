@@ -1,0 +1,119 @@
+"""Calibration (ECE, reliability bins), the heavy-tail exponent of weight spectra, gap and history readings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from xaudit.models._calibration import calibration_from_proba
+from xaudit.models._diagnostics import diagnose_history, generalization_gap
+from xaudit.models._errors import XauditError
+from xaudit.models._spectra import esd, fit_power_law, weight_spectra
+from xaudit.models._train import EpochRecord
+
+
+def test_ece_by_hand() -> None:
+    # 4 predictions; bins of width 0.5: confidences 0.9, 0.8 (one right) and 0.6, 0.3→0.7 top class
+    proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.7, 0.3]])
+    labels = np.array([0, 1, 1, 0])  # right, wrong, right, right
+    cal = calibration_from_proba(proba, labels, n_bins=2)
+    # one bin [0.5, 1]: accuracy 3/4, mean confidence (0.9 + 0.8 + 0.6 + 0.7) / 4 = 0.75 → ECE 0
+    assert len(cal.bins) == 1 and cal.bins[0].count == 4
+    assert cal.ece == pytest.approx(0.0, abs=1e-12)
+    cal = calibration_from_proba(proba, labels, n_bins=10)
+    # bins 0.6, 0.7, 0.8, 0.9 hold one prediction each: |1 − .6|, |1 − .7|, |0 − .8|, |1 − .9| → mean 0.4
+    assert [b.count for b in cal.bins] == [1, 1, 1, 1]
+    assert cal.ece == pytest.approx((0.4 + 0.3 + 0.8 + 0.1) / 4)
+    assert cal.mce == pytest.approx(0.8)
+    assert cal.accuracy == 0.75 and cal.mean_confidence == pytest.approx(0.75)
+
+
+def test_calibrated_and_overconfident_predictions() -> None:
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, 20000)
+    correct = rng.uniform(size=20000) < confidence  # right exactly as often as claimed
+    proba = np.stack([confidence, 1 - confidence], 1)
+    labels = np.where(correct, 0, 1)
+    calibrated = calibration_from_proba(proba, labels)
+    assert calibrated.ece < 0.02 and "well calibrated" in calibrated.interpretation
+    sharpened = np.stack([np.full(20000, 0.99), np.full(20000, 0.01)], 1)
+    over = calibration_from_proba(sharpened, labels)
+    assert over.ece == pytest.approx(0.99 - calibrated.accuracy, abs=1e-9)
+    assert over.overconfidence > 0.2 and over.interpretation.startswith("overconfident")
+    assert sum(b.count for b in calibrated.bins) == 20000
+
+
+def test_calibration_rejects_bad_input() -> None:
+    with pytest.raises(XauditError, match="class indices"):
+        calibration_from_proba(np.full((3, 2), 0.5), np.array([0, 1, 2]))
+    with pytest.raises(XauditError, match="did you mean 'quantile'"):
+        calibration_from_proba(np.full((3, 2), 0.5), np.array([0, 1, 1]), strategy="quantil")
+
+
+@pytest.mark.parametrize("alpha", [2.5, 3.0, 4.0])
+def test_hill_estimator_recovers_a_pareto_exponent(alpha: float) -> None:
+    rng = np.random.default_rng(1)
+    sample = (rng.pareto(alpha - 1.0, 4000) + 1.0) * 0.3  # density ∝ x^(−alpha) above 0.3
+    fit = fit_power_law(sample)
+    assert fit.alpha == pytest.approx(alpha, abs=4 * fit.alpha_se + 0.05)
+    assert fit.xmin == pytest.approx(0.3, rel=0.1)
+
+
+def test_ks_chooses_where_the_tail_starts() -> None:
+    rng = np.random.default_rng(2)
+    bulk = rng.uniform(0.05, 1.0, 3000)
+    tail = (rng.pareto(2.0, 600) + 1.0) * 1.0  # alpha = 3 above 1.0
+    fit = fit_power_law(np.concatenate([bulk, tail]))
+    assert 0.8 < fit.xmin < 1.5 and fit.alpha == pytest.approx(3.0, abs=0.4)
+
+
+def test_esd_is_squared_singular_values_over_n_and_kernels_are_reshaped() -> None:
+    u, _ = torch.linalg.qr(torch.randn(50, 50, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(20, 20, dtype=torch.float64))
+    s = torch.linspace(1, 4, 20, dtype=torch.float64)
+    w = u[:, :20] @ torch.diag(s) @ v.T
+    assert np.allclose(esd(w), np.sort((s**2 / 50).numpy()))
+    conv = nn.Conv1d(3, 16, 5)
+    assert len(esd(conv.weight)) == 15  # 16 × (3·5) matrix: min(16, 15) eigenvalues
+
+
+def test_weight_spectra_of_a_model() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 64), nn.ReLU(),
+                          nn.Linear(64, 3))
+    spectra = weight_spectra(model)
+    assert [layer.layer for layer in spectra.layers] == ["0.weight", "3.weight", "5.weight"]
+    conv, dense, head = spectra.layers
+    assert conv.matrix_shape == (4, 9) and conv.alpha is None and "too few" in conv.note
+    assert dense.n_eigenvalues == 64 and dense.alpha is not None and dense.fit.n_tail >= 5
+    assert head.alpha is None  # 3 eigenvalues
+    assert spectra.mean_alpha == pytest.approx(dense.alpha)
+    assert set(spectra.to_json()) >= {"layers", "mean_alpha", "interpretation"}
+
+
+@pytest.mark.parametrize(("train", "test", "n", "verdict"), [
+    (0.55, 0.53, 1000, "underfitting"),
+    (0.95, 0.94, 1000, "no_overfitting"),
+    (0.98, 0.90, 100, "overfitting"),      # 8 pp with SE 3 pp: significant
+    (0.99, 0.96, 10000, "mild"),
+    (1.00, 0.70, 1000, "severe"),
+    (0.96, 0.93, 50, "no_overfitting"),    # 3 pp but 50 test samples: within the sampling error
+])
+def test_gap_verdicts(train: float, test: float, n: int, verdict: str) -> None:
+    gap = generalization_gap(train, test, n_test=n)
+    assert gap.verdict == verdict, gap.interpretation
+    assert gap.gap == pytest.approx(train - test)
+
+
+def test_history_reading() -> None:
+    losses = [1.0, 0.6, 0.5, 0.55, 0.7, 0.9]
+    rising = [EpochRecord(i + 1, 0.1, 0.99, v, 0.9) for i, v in enumerate(losses)]
+    reading = diagnose_history(rising)
+    assert reading.best_val_epoch == 3 and reading.val_loss_rise == pytest.approx(0.4)
+    assert "overfitting set in" in reading.interpretation
+    falling = [EpochRecord(i + 1, 0.1, 0.9, 1.0 - 0.1 * i, 0.9) for i in range(4)]
+    assert "still falling" in diagnose_history(falling).interpretation
+    no_val = [EpochRecord(1, 0.1, 0.9, None, None)]
+    assert diagnose_history(no_val).best_val_epoch is None and diagnose_history(()) is None

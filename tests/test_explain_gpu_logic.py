@@ -1,0 +1,67 @@
+"""CPU-only checks of the device logic in tests/benchmarks/gpu_check.py: when it skips, what it calls a
+cost measured the CUDA way, and what its cuDNN control reports off CUDA."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch import nn
+
+import xaudit.explain as xe
+
+BENCHMARKS = Path(__file__).parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def gpu_check() -> Iterator[ModuleType]:
+    sys.path.insert(0, str(BENCHMARKS))  # gpu_check imports its sibling bench_explain lazily
+    try:
+        spec = importlib.util.spec_from_file_location("gpu_check", BENCHMARKS / "gpu_check.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _explanation(device: str, memory_source: str, wall_s: float = 0.01) -> xe.Explanation:
+    cost = xe.Cost(n_samples=2, wall_s=wall_s, cpu_s=wall_s, peak_rss_bytes=1024, forward_evals=2,
+                   backward_evals=2, memory_source=memory_source, device=device)
+    x = torch.zeros(2, 1, 4, 4)
+    return xe.Explanation(method="saliency", attributions=x, inputs=x, targets=torch.zeros(2, dtype=torch.long),
+                          config={}, cost=cost)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_skips_with_exit_0_when_cuda_is_asked_for_and_absent(gpu_check: ModuleType,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert gpu_check.main(["--device", "cuda"]) == 0
+    assert capsys.readouterr().out.strip() == "no CUDA device: skipped"
+    assert gpu_check.main(["--device", "cuda:1"]) == 0
+
+
+def test_cuda_missing_only_for_cuda_devices(gpu_check: ModuleType) -> None:
+    assert not gpu_check.cuda_missing(torch.device("cpu"))
+    assert gpu_check.cuda_missing(torch.device("cuda")) is (not torch.cuda.is_available())
+
+
+def test_a_cost_on_cuda_must_come_from_the_cuda_meter(gpu_check: ModuleType) -> None:
+    cuda = torch.device("cuda", 0)
+    assert gpu_check.check_cost(_explanation("cuda:0", "cuda_max_memory_allocated"), cuda) == []
+    problems = gpu_check.check_cost(_explanation("cpu", "rss"), cuda)
+    assert len(problems) == 1 and "memory_source=rss" in problems[0]
+    # on the CPU the RSS meter is the right one
+    assert gpu_check.check_cost(_explanation("cpu", "rss"), torch.device("cpu")) == []
+    assert gpu_check.check_cost(_explanation("cpu", "rss", wall_s=0.0), torch.device("cpu")) == ["wall time 0.0"]
+
+
+def test_cudnn_control_is_not_run_off_cuda(gpu_check: ModuleType) -> None:
+    gru = nn.Sequential(nn.GRU(3, 4, batch_first=True))
+    assert gpu_check.cudnn_control(gru, torch.zeros(1, 5, 3), torch.device("cpu")).startswith("not needed on cpu")

@@ -1,0 +1,69 @@
+"""The same trials give identical results in this process, in the local process pool and on Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from xaudit.models._backends import LocalBackend, RayBackend, SequentialBackend, make_backend
+from xaudit.models._errors import XauditError
+from xaudit.models._sweep import run_sweep
+from xaudit.models._sweep_result import SweepResult
+from xaudit.models._train import TrainConfig
+
+BASE = TrainConfig(epochs=2, batch_size=32)
+GRID = ["weight_decay=0,1e-3"]
+
+
+def _sweep(backend: str, **kwargs) -> SweepResult:
+    return run_sweep("cnn", "digits", GRID, base=BASE, n_train=200, n_test=100, backend=backend, workers=2, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference() -> SweepResult:
+    return _sweep("sequential")
+
+
+def test_local_pool_matches_sequential(reference: SweepResult) -> None:
+    pooled = _sweep("local")
+    assert pooled.backend == "local"
+    assert [t.outcome() for t in pooled.trials] == [t.outcome() for t in reference.trials]
+
+
+def test_ray_local_cluster_matches_local_backend(reference: SweepResult) -> None:
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'xaudit[ray]'")
+    import ray
+
+    on_ray = _sweep("ray")
+    assert on_ray.backend == "ray" and len(on_ray.trials) == 2
+    assert [t.outcome() for t in on_ray.trials] == [t.outcome() for t in reference.trials]
+    assert not ray.is_initialized(), "a cluster the sweep started must be shut down"
+
+
+def test_make_backend() -> None:
+    assert isinstance(make_backend("local", workers=3), LocalBackend) and make_backend("local", workers=3).workers == 3
+    assert isinstance(make_backend("sequential"), SequentialBackend)
+    assert isinstance(make_backend("ray", address="auto"), RayBackend)
+    with pytest.raises(XauditError, match="workers must be at least 1"):
+        make_backend("local", workers=0)
+
+
+def test_an_invalid_point_fails_before_any_worker_starts() -> None:
+    # "rotation" is an image augmentation given to sequence data: caught before any worker starts
+    with pytest.raises(XauditError, match="is for image data"):
+        run_sweep("cnn", "digits-seq", ["augment=rotation"], base=BASE, n_train=50, n_test=20, backend="local")
+
+
+def _explode_on_one(task: int, shared: object) -> int:
+    if task == 1:
+        raise XauditError("trial 1 failed")
+    return task * 10
+
+
+def test_a_failing_trial_stops_the_pool_and_keeps_its_error() -> None:
+    seen: dict[int, int] = {}
+    with pytest.raises(XauditError, match="trial 1 failed"):
+        LocalBackend(2).run(_explode_on_one, [0, 1, 2, 3], None, seen.__setitem__)
+    assert set(seen.values()) <= {0, 20, 30}
+    finished: dict[int, int] = {}
+    SequentialBackend().run(_explode_on_one, [0, 2], None, finished.__setitem__)
+    assert finished == {0: 0, 1: 20}

@@ -1,0 +1,90 @@
+"""``xaudit sweep``: writes sweep.html and sweep.json; every bad input is one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from _cli_helpers import assert_one_line_error, assert_self_contained
+from xaudit.reports._cli_sweep import add_sweep_parser
+
+QUICK = ["--data", "digits", "--n-train", "150", "--n-test", "60", "--epochs", "1", "--backend", "sequential"]
+
+
+def run_sweep_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``xaudit sweep argv`` through the subcommand as the ``xaudit`` parser wires it."""
+    parser = argparse.ArgumentParser(prog="xaudit")
+    add_sweep_parser(parser.add_subparsers(dest="command", required=True))
+    capsys.readouterr()
+    args = parser.parse_args(["sweep", *[str(a) for a in argv]])
+    code = args.run(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    parser = argparse.ArgumentParser(prog="xaudit")
+    add_sweep_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sweep", *QUICK, "--grid", "weight_decay=0,1e-3", "--drift", "saliency",
+                              "--n-drift", "4", "--out", str(out), "-q"])
+    assert args.run(args) == 0
+    return out
+
+
+def test_sweep_writes_a_self_contained_page_and_json(sweep_dir: Path) -> None:
+    data = json.loads((sweep_dir / "sweep.json").read_text())
+    assert data["model"] == "cnn" and data["grid"] == {"weight_decay": [0.0, 0.001]}
+    assert len(data["points"]) == 2 and len(data["trials"]) == 2
+    assert data["recommendation"]["chosen"] in (0, 1)
+    assert data["drift"]["methods"] == ["saliency"] and len(data["drift"]["rows"]) == 2
+    reference = next(r for r in data["drift"]["rows"] if r["point_index"] == data["drift"]["reference"])
+    assert reference["rank_correlation"] == pytest.approx(1.0)
+    html = (sweep_dir / "sweep.html").read_text()
+    assert_self_contained(html)
+    assert "Recommendation" in html and "weight_decay=0.001" in html and "Explanation drift" in html
+
+
+def test_resume_finishes_without_training(sweep_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_sweep_cli([*QUICK, "--grid", "weight_decay=0,1e-3", "--drift", "none", "--out", sweep_dir,
+                                    "--resume"], capsys)
+    assert code == 0, err
+    assert "2 reused" in err and "recommended #" in out
+    assert json.loads((sweep_dir / "sweep.json").read_text())["computed"] == []
+
+
+@pytest.mark.parametrize(("argv", "fragments"), [
+    (["--grid", "wieght_decay=0,1e-4"], ["unknown sweep knob 'wieght_decay'", "did you mean 'weight_decay'"]),
+    ([], ["grid is empty"]),
+    (["--grid", "weight_decay=0,-0.1"], ["invalid value '-0.1'", "weight_decay must be ≥ 0"]),
+    (["--grid", "augment=none,rotate"], ["unknown augmentation 'rotate'", "did you mean 'rotation'"]),
+    (["--grid", "dropout=0", "--address", "auto"], ["--address", "--backend ray"]),
+    (["--grid", "dropout=0", "--drift", "salincy"], ["did you mean 'saliency'"]),
+])
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], fragments: list[str], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code, _, err = run_sweep_cli([*QUICK, *argv, "--out", out], capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists(), "a refused sweep must not create its run directory"
+
+
+def test_unwritable_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("x")
+    code, _, err = run_sweep_cli([*QUICK, "--grid", "dropout=0", "--out", blocker / "run"], capsys)
+    assert_one_line_error(code, err, "is a file, not a directory")
+
+
+def test_resume_with_a_different_grid_is_refused(sweep_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (sweep_dir / "sweep.json").read_bytes()
+    code, _, err = run_sweep_cli([*QUICK, "--grid", "weight_decay=0,1e-2", "--out", sweep_dir, "--resume"], capsys)
+    assert_one_line_error(code, err, "cannot resume", "different grid", "weight_decay=0.0,0.001 there",
+                          "weight_decay=0.0,0.01 here")
+    code, _, err = run_sweep_cli([*QUICK, "--grid", "weight_decay=0,1e-3", "--out", sweep_dir], capsys)
+    assert_one_line_error(code, err, "already holds a sweep", "--resume")
+    assert (sweep_dir / "sweep.json").read_bytes() == before
