@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from xaudit.models._errors import XauditError, did_you_mean
+from xaudit.models._nets import model_kind
 
 from ._cost import Cost, CostMeter, EvalCounter
 from ._flops import flop_profile
@@ -55,7 +56,8 @@ def input_kind(sample_shape: Sequence[int]) -> str:
 
 
 def is_recurrent(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.RNNBase) for m in model.modules())
+    """Whether the model has a recurrent layer (TorchScript models included)."""
+    return model_kind(model) == "rnn"
 
 
 def needs_cudnn_rnn_workaround(model: nn.Module, device: torch.device) -> bool:
@@ -189,6 +191,8 @@ class Explainer:
     supports_images: ClassVar[bool] = True
     supports_sequences: ClassVar[bool] = True
     supports_recurrent: ClassVar[bool] = True
+    #: Whether the method registers hooks on the model's modules (impossible on TorchScript models).
+    uses_module_hooks: ClassVar[bool] = False
     #: Why recurrent models are not supported, shown to users when ``supports_recurrent`` is False.
     recurrent_reason: ClassVar[str] = ""
     #: Most input samples explained per chunk (the memory budget may lower it).
@@ -223,6 +227,9 @@ class Explainer:
             return f"{self.name} does not support sequence inputs"
         if not self.supports_recurrent and is_recurrent(self.model):
             return f"{self.name} does not support recurrent models: {self.recurrent_reason}"
+        if self.uses_module_hooks and isinstance(self.model, torch.jit.ScriptModule):
+            return (f"{self.name} needs module hooks, which TorchScript models do not allow; "
+                    "pass the nn.Module itself (e.g. as a module:callable factory with --state-dict)")
         return None
 
     def fit(self, background: torch.Tensor) -> Explainer:

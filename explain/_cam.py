@@ -26,6 +26,8 @@ class GradCAM(Explainer):
     over the other.
     """
 
+    uses_module_hooks = True
+
     name = "gradcam"
     paper = "Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra 2017"
     supports_recurrent = False

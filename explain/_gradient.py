@@ -125,6 +125,8 @@ class _HookRuleExplainer(Explainer):
     carries a hook or an attribute the rule sets, even if captum fails half-way.
     """
 
+    uses_module_hooks = True
+
     supports_recurrent = False
     #: Activation modules the rule has a case for; any other activation module in the model is refused.
     rule_modules: ClassVar[tuple[type[nn.Module], ...]] = ACTIVATION_MODULES

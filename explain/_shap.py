@@ -172,6 +172,8 @@ class ShapDeep(ShapExplainer):
     most ``row_batch / 2`` references; references are independent, so averaging the groups is exact.
     """
 
+    uses_module_hooks = True
+
     name = "shap_deep"
     paper = "Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT)"
     supports_recurrent = False

@@ -168,9 +168,19 @@ def build_from_spec(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
         return cls(spec)
 
 
+_RECURRENT_NAMES = frozenset({"RNN", "GRU", "LSTM"})
+
+
 def model_kind(model: nn.Module) -> str:
-    """``"rnn"`` if the model contains a recurrent layer (``nn.RNNBase``), else ``"cnn"``."""
-    return "rnn" if any(isinstance(m, nn.RNNBase) for m in model.modules()) else "cnn"
+    """``"rnn"`` if the model contains a recurrent layer, else ``"cnn"``.
+
+    TorchScript submodules are not ``nn.RNNBase`` instances any more; they keep the class name they were
+    scripted or traced from in ``original_name``.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.RNNBase) or getattr(m, "original_name", None) in _RECURRENT_NAMES:
+            return "rnn"
+    return "cnn"
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:

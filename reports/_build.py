@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xaudit.explain import Explanation, available_methods, get_explainer
+from xaudit.explain import Explanation, available_methods, get_explainer, parse_bytes
 from xaudit.models._data import Dataset
 from xaudit.models._train import evaluate
 from xaudit.models._errors import XauditError
@@ -133,7 +133,8 @@ def predict_classes(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, background: torch.Tensor,
-                    names: Sequence[str], *, seed: int, progress: Progress | None = None) -> tuple[MethodResult, ...]:
+                    names: Sequence[str], *, seed: int, progress: Progress | None = None,
+                    memory_budget: int | None = None) -> tuple[MethodResult, ...]:
     """Run each method on ``x`` for ``targets``; unsupported methods and user-level errors become reasons.
 
     Each method runs once, untimed, on one sample first, so one-time costs (lazy imports, thread pools,
@@ -158,8 +159,8 @@ def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ba
             if cls.needs_background:
                 explainer.fit(background)
             fit_s = time.perf_counter() - start if cls.needs_background else None
-            explainer.explain(x[:1], targets[:1], seed=seed)
-            exp = explainer.explain(x, targets, seed=seed)
+            explainer.explain(x[:1], targets[:1], seed=seed, memory_budget=memory_budget)
+            exp = explainer.explain(x, targets, seed=seed, memory_budget=memory_budget)
         except XauditError as exc:
             # one method failing on this model (say, a memory budget too small) should not cost the
             # user every other method's result; the reason goes in the report instead
@@ -174,7 +175,8 @@ def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ba
 
 
 def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int = 32, seed: int = 0,
-                    device: torch.device | None = None, progress: Progress | None = None) -> ReportContext:
+                    device: torch.device | None = None, progress: Progress | None = None,
+                    memory_budget: int | None = None) -> ReportContext:
     """Evaluate ``subject`` and explain ``n_explain`` seeded test samples with every method in ``methods``."""
     if n_explain < 1:
         raise XauditError(f"n_explain must be at least 1, got {n_explain}: pass e.g. n_explain=32")
@@ -188,7 +190,8 @@ def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int 
     indices = select_samples(dataset.n_test, n_explain, seed)
     x = dataset.x_test[indices]
     targets = predict_classes(model, x)
-    results = explain_methods(model, x, targets, background_samples(dataset, seed), methods, seed=seed, progress=progress)
+    results = explain_methods(model, x, targets, background_samples(dataset, seed), methods, seed=seed,
+                              progress=progress, memory_budget=memory_budget)
     return ReportContext(subject=subject, device=device, metrics=metrics, indices=indices,
                          labels=dataset.y_test[indices], targets=targets, methods=results,
                          machine=machine_info(device), seed=seed,
@@ -208,6 +211,7 @@ def build_context(
     trust_pickle: bool = False,
     use_cache: bool = True,
     progress: Progress | None = None,
+    memory_budget: int | str | None = None,
 ) -> ReportContext:
     """Validate every argument, resolve the subject (training a built-in model if named), then compute."""
     names = resolve_methods(methods)
@@ -216,4 +220,6 @@ def build_context(
     resolved = resolve_device(device) if device is not None else None
     subject = resolve_subject(model, data, state_dict=state_dict, trust_pickle=trust_pickle, seed=seed,
                               epochs=epochs, use_cache=use_cache, progress=progress)
-    return compute_context(subject, names, n_explain=n_explain, seed=seed, device=resolved, progress=progress)
+    budget = parse_bytes(memory_budget) if memory_budget is not None else None
+    return compute_context(subject, names, n_explain=n_explain, seed=seed, device=resolved, progress=progress,
+                           memory_budget=budget)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xaudit.explain import available_methods
+from xaudit.explain import available_methods, parse_bytes
 from xaudit.models._data import DATASETS
 from xaudit.models._nets import MODELS, ModelSpec
 from xaudit.models._train import TrainConfig, train_model
@@ -88,6 +88,9 @@ def _common_options() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true",
                      help="train built-in models afresh instead of reusing the cached copy "
                           "($XAUDIT_CACHE_DIR, default ~/.cache/xaudit)")
+    run.add_argument("--memory-budget", default="2GiB", metavar="SIZE",
+                     help="most memory one explanation method may take, e.g. 512MiB or 4GiB; inputs are "
+                          "chunked to fit (default: 2GiB)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return common
 
@@ -134,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--n-explain", type=_positive_int, metavar="N",
                          help="explain N seeded test samples (default: all test samples)")
     explain.set_defaults(run=_run_explain)
+
+    from ._cli_sweep import add_sweep_parser  # _cli_sweep reuses this module's helpers
+
+    add_sweep_parser(commands)
     return parser
 
 
@@ -171,7 +178,7 @@ def _run_report(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         subject = _subject(args, progress)
         ctx = compute_context(subject, names, n_explain=args.n_explain, seed=args.seed, device=device,
-                              progress=progress)
+                              progress=progress, memory_budget=parse_bytes(args.memory_budget))
         if progress:
             progress("rendering the report")
         files = write_report(Report.from_context(ctx), args.out)
@@ -241,10 +248,11 @@ def _run_explain(args: argparse.Namespace) -> int:
         indices = select_samples(dataset.n_test, args.n_explain or dataset.n_test, args.seed)
         x = dataset.x_test[indices]
         targets = predict_classes(subject.model, x)
+        budget = parse_bytes(args.memory_budget)
         (result,) = explain_methods(subject.model, x, targets, background_samples(dataset, args.seed), [name],
-                                    seed=args.seed, progress=progress)
+                                    seed=args.seed, progress=progress, memory_budget=budget)
         if result.explanation is None:
-            raise XauditError(f"{name} cannot explain this model: {result.reason}; choose another --method")
+            raise XauditError(f"{name} cannot explain this model: {result.reason}")
         exp = result.explanation
         summary = {"xaudit_version": xaudit_version(), **exp.to_dict(), "fit_wall_s": result.fit_wall_s,
                    "cost_total": exp.cost.to_dict(), **describe_subject(subject),

@@ -142,6 +142,7 @@ def build_report(
     use_cache: bool = True,
     sections: Sequence[Section] | None = None,
     progress: Callable[[str], None] | None = None,
+    memory_budget: int | str | None = None,
 ) -> Report:
     """Compute a report on ``model`` and ``data``: metrics, training curves, attributions and cost per method.
 
@@ -151,9 +152,10 @@ def build_report(
     (None: the dataset a saved model records, else ``digits``). ``methods`` defaults to every registered
     method; ``n_explain`` seeded test samples are explained, each for its predicted class. ``device``
     None keeps the model where it is; ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` move it. ``epochs``
-    overrides the training recipe (quick runs); ``progress`` receives one line per step.
+    overrides the training recipe (quick runs); ``progress`` receives one line per step;
+    ``memory_budget`` (bytes or ``"2GiB"``) bounds each method's memory, chunking inputs to fit.
     """
     ctx = build_context(model, data, methods=methods, n_explain=n_explain, seed=seed, device=device,
                         epochs=epochs, state_dict=state_dict, trust_pickle=trust_pickle, use_cache=use_cache,
-                        progress=progress)
+                        progress=progress, memory_budget=memory_budget)
     return Report.from_context(ctx, sections)

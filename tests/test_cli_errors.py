@@ -167,3 +167,25 @@ def test_no_traceback_reaches_the_terminal(launcher: str, tmp_path: Path) -> Non
     assert_one_line_error(result.returncode, result.stderr, "bad.pt")
     assert result.stdout == ""
     assert_no_report(tmp_path / "out")
+
+
+def test_explain_memory_budget_too_small_says_how_much(tmp_path, capsys) -> None:
+    from xaudit.reports._cli import main
+
+    out = tmp_path / "attr.npz"
+    code = main(["explain", "--method", "saliency", "--epochs", "1", "-q", "--memory-budget", "1KiB",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("xaudit: error:") and "\n" not in err
+    assert "too small for even one sample" in err and "needs about" in err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_unreadable_memory_budget(tmp_path, capsys) -> None:
+    from xaudit.reports._cli import main
+
+    code = main(["explain", "--method", "saliency", "--epochs", "1", "-q", "--memory-budget", "lots",
+                 "--out", str(tmp_path / "a.npz")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot read memory size 'lots'" in err
