@@ -197,6 +197,9 @@ class Explainer:
     recurrent_reason: ClassVar[str] = ""
     #: Most input samples explained per chunk (the memory budget may lower it).
     default_batch_size: ClassVar[int] = 256
+    #: Whether the method evaluates its rows at most ``ctx.row_batch`` at a time across all samples of a chunk,
+    #: never all of one sample's rows at once; then chunks need not shrink with ``rows_per_sample``.
+    streams_rows: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -283,10 +286,12 @@ class Explainer:
         """(samples per chunk, rows per model call) under the memory budget; inside the model guard."""
         budget = parse_bytes(memory_budget) if memory_budget is not None else DEFAULT_MEMORY_BUDGET_BYTES
         memory = row_memory(self.model, inputs[:1])
-        row_batch = rows_for_budget(memory, budget, self.name, inputs[:1].numel() * inputs.element_size())
+        row_batch = rows_for_budget(memory, budget, self.name, inputs[:1].numel() * inputs.element_size(),
+                                    device=inputs.device)
         if batch_size is not None and int(batch_size) < 1:
             raise XauditError(f"batch_size must be at least 1, got {batch_size}")
-        per_chunk = max(1, row_batch // max(self.counts_for(inputs.shape[1:])[0], 1))
+        rows = 1 if self.streams_rows else max(self.counts_for(inputs.shape[1:])[0], 1)
+        per_chunk = max(1, row_batch // rows)
         per_chunk = min(per_chunk, int(batch_size or self.default_batch_size))
         return per_chunk, row_batch
 

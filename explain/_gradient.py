@@ -14,6 +14,7 @@ from captum.attr import InputXGradient as _CaptumInputXGradient
 from captum.attr import IntegratedGradients as _CaptumIG
 from captum.attr import Saliency as _CaptumSaliency
 from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR as _DEEPLIFT_RULES
+from captum._utils.gradient import compute_gradients
 from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
@@ -38,7 +39,30 @@ class Saliency(Explainer):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> torch.Tensor:
-        return _CaptumSaliency(model).attribute(inputs, target=targets, abs=self.abs)
+        return _with_summed_gradients(_CaptumSaliency(model)).attribute(inputs, target=targets, abs=self.abs)
+
+
+def _summed_gradients(forward_fn: Any, inputs: tuple[torch.Tensor, ...], target_ind: Any = None,
+                      additional_forward_args: Any = None) -> tuple[torch.Tensor, ...]:
+    """captum's ``compute_gradients`` seeded once: the gradient of the sum of the per-row target outputs.
+
+    captum seeds the backward pass with ``torch.unbind(outputs)``, one scalar (and one seed tensor) per row;
+    the engine sums those seeds into the same all-ones gradient, so the values are identical, but on the
+    benchmark's digits models captum's way cost 1.4-1.6× the model's own forward and backward. Targets other
+    than one index per row go to captum's function.
+    """
+    if additional_forward_args is not None or not isinstance(target_ind, torch.Tensor) or target_ind.dim() != 1:
+        return compute_gradients(forward_fn, inputs, target_ind, additional_forward_args)
+    with torch.enable_grad():
+        out = forward_fn(*inputs)
+        if out.dim() != 2 or len(out) != len(target_ind):
+            return compute_gradients(forward_fn, inputs, target_ind, additional_forward_args)
+        return torch.autograd.grad(out.gather(1, target_ind.to(out.device)[:, None]).sum(), inputs)
+
+
+def _with_summed_gradients(attribution: Any) -> Any:
+    attribution.gradient_func = _summed_gradients
+    return attribution
 
 
 @functools.lru_cache(maxsize=32)
@@ -53,8 +77,9 @@ class _CaptumIGOnceNodes(_CaptumIG):
 
     captum recomputes numpy's Gauss-Legendre nodes and weights (twice) on every ``attribute`` call: 4 ms at
     50 steps and 20 ms at 128 on the 2-core benchmark machine. xaudit calls it once per chunk of
-    ``row_batch // n_steps`` samples, so for 2,000 inputs at 128 steps that was 1,000 recomputations, more
-    time than the gradients of a small model (tests/benchmarks/bench_explain.py).
+    ``row_batch // n_steps`` samples (or once per sample when the steps need several calls), so for 2,000
+    inputs at 128 steps that was up to 2,000 recomputations, more time than the gradients of a small model
+    (tests/benchmarks/bench_explain.py).
     """
 
     def _attribute(self, *args: Any, step_sizes_and_alphas: Any = None, **kwargs: Any) -> Any:
@@ -62,6 +87,21 @@ class _CaptumIGOnceNodes(_CaptumIG):
             sizes, alphas = _quadrature(kwargs["method"], int(kwargs["n_steps"]))
             step_sizes_and_alphas = (list(sizes), list(alphas))
         return super()._attribute(*args, step_sizes_and_alphas=step_sizes_and_alphas, **kwargs)
+
+    def attribute_in_steps(self, inputs: torch.Tensor, baseline: float, target: torch.Tensor, n_steps: int,
+                           method: str, steps_per_call: int) -> torch.Tensor:
+        """What captum's ``internal_batch_size`` batching computes (``_batch_attribution``: the steps in slices
+        of ``steps_per_call``, each slice's attributions summed), with the quadrature computed once."""
+        sizes, alphas = _quadrature(method, n_steps)
+        total: torch.Tensor | None = None
+        for start in range(0, n_steps, steps_per_call):
+            part = slice(start, start + steps_per_call)
+            (attr,) = self._attribute(inputs=(inputs,), baselines=(baseline,), target=target,
+                                      n_steps=len(sizes[part]), method=method,
+                                      step_sizes_and_alphas=(list(sizes[part]), list(alphas[part])))
+            total = attr if total is None else total + attr.detach()
+        assert total is not None
+        return total
 
 
 class IntegratedGradients(Explainer):
@@ -95,14 +135,16 @@ class IntegratedGradients(Explainer):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # captum's internal_batch_size counts interpolated rows; without it captum builds all
-        # n_steps × batch rows at once (24 GiB for 2,000 inputs of 32×32 at 128 steps). When the chunk's rows
-        # fit in one call (the planner sizes chunks so), captum's single pass is the same computation, and
-        # skips the batching path that recomputes the quadrature.
-        fits = len(inputs) * self.n_steps <= ctx.row_batch
-        attr, delta = _CaptumIGOnceNodes(model).attribute(
-            inputs, baselines=self.baseline, target=targets, n_steps=self.n_steps, method=self.method,
-            internal_batch_size=None if fits else ctx.row_batch, return_convergence_delta=True)
+        # Rows in flight are bounded by row_batch, as captum's internal_batch_size would bound them (without
+        # it captum builds all n_steps × batch rows at once: 24 GiB for 2,000 inputs of 32×32 at 128 steps).
+        ig = _with_summed_gradients(_CaptumIGOnceNodes(model))
+        steps_per_call = max(1, ctx.row_batch // len(inputs))
+        if steps_per_call >= self.n_steps:  # the planner sizes chunks so: one pass over all steps
+            attr, delta = ig.attribute(inputs, baselines=self.baseline, target=targets, n_steps=self.n_steps,
+                                       method=self.method, return_convergence_delta=True)
+        else:
+            attr = ig.attribute_in_steps(inputs, self.baseline, targets, self.n_steps, self.method, steps_per_call)
+            delta = ig.compute_convergence_delta(attr, self.baseline, inputs, target=targets)
         return attr, {"convergence_delta": delta}
 
 
@@ -114,7 +156,7 @@ class InputXGradient(Explainer):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> torch.Tensor:
-        return _CaptumInputXGradient(model).attribute(inputs, target=targets)
+        return _with_summed_gradients(_CaptumInputXGradient(model)).attribute(inputs, target=targets)
 
 
 class _HookRuleExplainer(Explainer):

@@ -22,6 +22,14 @@ from xaudit.models._errors import XauditError
 DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
 #: Above this many rows per model call CPU throughput stops improving, so we never batch larger.
 MAX_ROW_BATCH = 512
+#: On the CPU a call should also keep its activations near the cache: at most this many estimated in-flight
+#: bytes (``RowMemory.bytes_per_row`` × rows) per call. On the benchmark's 2-core EPYC (2 MiB L2 per core),
+#: forward+input-backward of the 32×32 digits CNN took 153 µs/row in 64-row calls, 254 in 256-row and 322 in
+#: 512-row calls; the 8×8 CNN took 20 µs/row at 256 rows and 28 at 512; a GRU's rows are as small, and it
+#: lost at most ~10% at 256 rows against 512 (tests/benchmarks/bench_explain.py).
+CPU_CALL_BYTES = 12 * 1024**2
+#: The CPU cap never goes below this many rows, where per-call overhead would dominate small models.
+MIN_CPU_ROW_BATCH = 16
 #: Activations + their gradients + allocator slack, per byte of forward activation.
 _GRADIENT_FACTOR = 3.0
 
@@ -94,8 +102,17 @@ def row_memory(model: nn.Module, sample: torch.Tensor) -> RowMemory:
     return memory
 
 
-def rows_for_budget(memory: RowMemory, budget_bytes: int, method: str, sample_bytes: int = 0) -> int:
-    """How many input rows may be in flight under ``budget_bytes`` (at most :data:`MAX_ROW_BATCH`).
+def cpu_row_cap(memory: RowMemory) -> int:
+    """Most rows per model call on the CPU: the largest power of two whose in-flight bytes fit in
+    :data:`CPU_CALL_BYTES`, between :data:`MIN_CPU_ROW_BATCH` and :data:`MAX_ROW_BATCH`."""
+    rows = max(CPU_CALL_BYTES // max(memory.bytes_per_row, 1), MIN_CPU_ROW_BATCH)
+    return min(1 << (int(rows).bit_length() - 1), MAX_ROW_BATCH)
+
+
+def rows_for_budget(memory: RowMemory, budget_bytes: int, method: str, sample_bytes: int = 0,
+                    device: torch.device | str | None = None) -> int:
+    """How many input rows may be in flight under ``budget_bytes`` (at most :data:`MAX_ROW_BATCH`, and on a
+    CPU ``device`` at most :func:`cpu_row_cap`).
 
     Raises a one-line error with the amount needed when not even one row fits.
     """
@@ -106,4 +123,5 @@ def rows_for_budget(memory: RowMemory, budget_bytes: int, method: str, sample_by
         raise XauditError(
             f"memory budget {format_bytes(budget_bytes)} is too small for even one sample with {method}: "
             f"it needs about {format_bytes(needed)}; raise --memory-budget")
-    return int(min(rows, MAX_ROW_BATCH))
+    cap = cpu_row_cap(memory) if device is not None and torch.device(device).type == "cpu" else MAX_ROW_BATCH
+    return int(min(rows, cap))

@@ -14,6 +14,15 @@ from ._nets import MODELS, ModelSpec, build_model, count_parameters, model_kind
 from ._recipes import reference_config
 from ._train import EpochRecord, TrainConfig, TrainResult, evaluate, predict_proba, train_model
 from ._validate import check_inputs
+# overfitting diagnostics and sweeps (issue #5)
+from ._backends import BACKENDS
+from ._calibration import Calibration, calibration_from_proba, model_calibration
+from ._diagnostics import Diagnostics, generalization_gap, learning_curve, overfitting_diagnostics
+from ._grid import KNOBS, SweepPoint, parse_grid
+from ._memorization import memorization_test, shuffle_dataset, spatial_shuffle_test
+from ._spectra import WeightSpectra, fit_power_law, weight_spectra
+from ._sweep import run_sweep, trained_model
+from ._sweep_result import RECOMMENDATION_RULE, Recommendation, SweepResult, TrialResult
 
 __all__ = [
     "AUGMENTATIONS",
@@ -42,4 +51,28 @@ __all__ = [
     "reference_config",
     "save_model",
     "train_model",
+    # overfitting diagnostics and sweeps
+    "BACKENDS",
+    "KNOBS",
+    "RECOMMENDATION_RULE",
+    "Calibration",
+    "Diagnostics",
+    "Recommendation",
+    "SweepPoint",
+    "SweepResult",
+    "TrialResult",
+    "WeightSpectra",
+    "calibration_from_proba",
+    "fit_power_law",
+    "generalization_gap",
+    "learning_curve",
+    "memorization_test",
+    "model_calibration",
+    "overfitting_diagnostics",
+    "parse_grid",
+    "run_sweep",
+    "shuffle_dataset",
+    "spatial_shuffle_test",
+    "trained_model",
+    "weight_spectra",
 ]

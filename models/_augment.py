@@ -34,7 +34,9 @@ class Augmentation:
     magnitude: float
     unit: str
 
-    def __call__(self, x: torch.Tensor, strength: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, strength: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Augment batch ``x`` with the effect scaled by ``strength`` (may return ``x`` itself when it is 0)."""
         if strength < 0 or not math.isfinite(strength):
             raise XauditError(f"augmentation strength must be ≥ 0, got {strength}: pass e.g. strength=1.0")

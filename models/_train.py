@@ -56,7 +56,10 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}: pass e.g. epochs=30"),
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}: pass e.g. batch_size=64"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}: pass e.g. lr=1e-3"),
-            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}: pass e.g. weight_decay=1e-4"),
+            (
+                self.weight_decay >= 0,
+                f"weight_decay must be ≥ 0, got {self.weight_decay}: pass e.g. weight_decay=1e-4",
+            ),
             (self.l1 >= 0, f"l1 must be ≥ 0, got {self.l1}: pass e.g. l1=1e-5"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}: pass e.g. dropout=0.2"),
             (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}: pass e.g. 0.1"),
@@ -156,7 +159,9 @@ def train_model(
     if isinstance(model, str):
         model = build_model(model, dataset.input_shape, dataset.n_classes, dropout=config.dropout, seed=config.seed)
     elif not isinstance(model, nn.Module):
-        raise XauditError(f"train_model needs a model name or a torch.nn.Module, got {type(model).__name__}: pass e.g. 'cnn'")
+        raise XauditError(
+            f"train_model needs a model name or a torch.nn.Module, got {type(model).__name__}: pass e.g. 'cnn'"
+        )
 
     start = time.perf_counter()
     # dropout draws from the global torch RNG; forking it keeps runs reproducible and the caller's stream intact

@@ -16,7 +16,10 @@ def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = Non
     data in messages, e.g. ``"x_test"``.
     """
     if not isinstance(x, torch.Tensor):
-        raise XauditError(f"{what} is a {type(x).__name__}, not a torch.Tensor: convert it with torch.as_tensor(x, dtype=torch.float32)")
+        raise XauditError(
+            f"{what} is a {type(x).__name__}, not a torch.Tensor: "
+            "convert it with torch.as_tensor(x, dtype=torch.float32)"
+        )
     if x.ndim < 2 or len(x) == 0:
         raise XauditError(f"{what} has shape {tuple(x.shape)}: pass a batch of at least one sample, shaped N×…")
     if x.is_floating_point():
@@ -69,7 +72,9 @@ def _probe(model: nn.Module, sample: torch.Tensor, what: str) -> int:
 def _check_labels(y: torch.Tensor, n: int, n_classes: int, what: str) -> None:
     if not isinstance(y, torch.Tensor) or y.ndim != 1 or len(y) != n:
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise XauditError(f"labels for {what} have shape {shape} but there are {n} samples: pass one class index per sample")
+        raise XauditError(
+            f"labels for {what} have shape {shape} but there are {n} samples: pass one class index per sample"
+        )
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise XauditError(f"labels for {what} have dtype {y.dtype}: pass integer class indices (y.long())")
     if n == 0:

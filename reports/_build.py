@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from xaudit.explain import Explanation, available_methods, get_explainer, parse_bytes
+from xaudit.explain import Explainer, Explanation, available_methods, get_explainer, parse_bytes
 from xaudit.models._data import Dataset
 from xaudit.models._train import evaluate
 from xaudit.models._errors import XauditError
 
+from ._quality_build import check_quality_mode, compute_quality
 from ._runtime import machine_info, resolve_device
 from ._subject import ModelSource, Subject, resolve_subject
 
@@ -33,7 +34,9 @@ Progress = Callable[[str], None]
 class MethodResult:
     """One method's outcome on the report's samples: an explanation, or the reason there is none.
 
-    ``quality`` holds faithfulness/sanity metrics once a quality step fills it (empty for now).
+    ``quality`` holds report.json's quality object once :func:`._quality_build.compute_quality` fills it
+    (empty when the quality step is skipped); ``explainer`` is the configured method, kept so quality
+    metrics can re-run it (never serialized).
     """
 
     name: str
@@ -44,6 +47,7 @@ class MethodResult:
     reason: str | None = None
     fit_wall_s: float | None = None
     quality: dict[str, Any] = field(default_factory=dict)
+    explainer: Explainer | None = field(default=None, repr=False)
 
     @property
     def supported(self) -> bool:
@@ -55,7 +59,8 @@ class ReportContext:
     """Everything the sections render: the subject, its metrics, the explained samples and each method's result.
 
     ``targets`` are the model's predictions for the explained samples (every method explains the predicted
-    class); ``labels`` are the true classes.
+    class); ``labels`` are the true classes. ``quality`` is the report-wide quality part (frontier,
+    recommendations, agreement, random-map reference, sample curves, ``quality_config``).
     """
 
     subject: Subject
@@ -68,6 +73,7 @@ class ReportContext:
     machine: dict[str, Any]
     seed: int
     created_utc: str
+    quality: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -170,14 +176,16 @@ def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ba
         per = exp.cost.per_sample()
         say(f"method {i}/{len(names)} {name}: {exp.cost.wall_s:.2f} s "
             f"({per['wall_s_per_sample'] * 1e3:.2f} ms/sample)")
-        results.append(MethodResult(**base, explanation=exp, fit_wall_s=fit_s))
+        results.append(MethodResult(**base, explanation=exp, fit_wall_s=fit_s, explainer=explainer))
     return tuple(results)
 
 
 def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int = 32, seed: int = 0,
                     device: torch.device | None = None, progress: Progress | None = None,
-                    memory_budget: int | None = None) -> ReportContext:
-    """Evaluate ``subject`` and explain ``n_explain`` seeded test samples with every method in ``methods``."""
+                    memory_budget: int | None = None, quality: str = "full") -> ReportContext:
+    """Evaluate ``subject``, explain ``n_explain`` seeded test samples with every method in ``methods`` and
+    score the explanations (``quality``: ``"full"``, ``"fast"`` = deletion/insertion only, ``"none"``)."""
+    check_quality_mode(quality)
     if n_explain < 1:
         raise XauditError(f"n_explain must be at least 1, got {n_explain}: pass e.g. n_explain=32")
     model = subject.model
@@ -190,12 +198,16 @@ def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int 
     indices = select_samples(dataset.n_test, n_explain, seed)
     x = dataset.x_test[indices]
     targets = predict_classes(model, x)
-    results = explain_methods(model, x, targets, background_samples(dataset, seed), methods, seed=seed,
+    background = background_samples(dataset, seed)
+    results = explain_methods(model, x, targets, background, methods, seed=seed,
                               progress=progress, memory_budget=memory_budget)
+    results, summary = compute_quality(model, results, x, targets, background, mode=quality, seed=seed,
+                                       progress=progress)
     return ReportContext(subject=subject, device=device, metrics=metrics, indices=indices,
                          labels=dataset.y_test[indices], targets=targets, methods=results,
                          machine=machine_info(device), seed=seed,
-                         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         quality=summary)
 
 
 def build_context(
@@ -212,9 +224,11 @@ def build_context(
     use_cache: bool = True,
     progress: Progress | None = None,
     memory_budget: int | str | None = None,
+    quality: str = "full",
 ) -> ReportContext:
     """Validate every argument, resolve the subject (training a built-in model if named), then compute."""
     names = resolve_methods(methods)
+    check_quality_mode(quality)
     if n_explain < 1:
         raise XauditError(f"n_explain must be at least 1, got {n_explain}: pass e.g. --n-explain 32")
     resolved = resolve_device(device) if device is not None else None
@@ -222,4 +236,4 @@ def build_context(
                               epochs=epochs, use_cache=use_cache, progress=progress)
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     return compute_context(subject, names, n_explain=n_explain, seed=seed, device=resolved, progress=progress,
-                           memory_budget=budget)
+                           memory_budget=budget, quality=quality)

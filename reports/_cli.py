@@ -37,6 +37,7 @@ from ._build import (
     resolve_methods,
     select_samples,
 )
+from ._quality_build import QUALITY_MODES
 from ._report import Report, json_safe, write_report
 from ._runtime import machine_info, resolve_device, xaudit_version
 from ._subject import Subject, describe_subject, epoch_printer, resolve_subject, training_config
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated explanation methods (default: all of {methods})")
     report.add_argument("--n-explain", type=_positive_int, default=32, metavar="N",
                         help="how many test samples to explain and measure (default: 32)")
+    report.add_argument("--quality", choices=QUALITY_MODES, default="full",
+                        help="score the explanations: full (faithfulness, sanity checks, stability, the cost/quality "
+                             "frontier), fast (deletion and insertion AUC only) or none (default: full)")
     report.set_defaults(run=_run_report)
 
     train = commands.add_parser(
@@ -178,7 +182,8 @@ def _run_report(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         subject = _subject(args, progress)
         ctx = compute_context(subject, names, n_explain=args.n_explain, seed=args.seed, device=device,
-                              progress=progress, memory_budget=parse_bytes(args.memory_budget))
+                              progress=progress, memory_budget=parse_bytes(args.memory_budget),
+                              quality=args.quality)
         if progress:
             progress("rendering the report")
         files = write_report(Report.from_context(ctx), args.out)

@@ -143,6 +143,7 @@ def build_report(
     sections: Sequence[Section] | None = None,
     progress: Callable[[str], None] | None = None,
     memory_budget: int | str | None = None,
+    quality: str = "full",
 ) -> Report:
     """Compute a report on ``model`` and ``data``: metrics, training curves, attributions and cost per method.
 
@@ -154,8 +155,10 @@ def build_report(
     None keeps the model where it is; ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` move it. ``epochs``
     overrides the training recipe (quick runs); ``progress`` receives one line per step;
     ``memory_budget`` (bytes or ``"2GiB"``) bounds each method's memory, chunking inputs to fit.
+    ``quality`` scores the explanations: ``"full"`` (faithfulness, sanity, stability, the frontier),
+    ``"fast"`` (deletion and insertion AUC only) or ``"none"``.
     """
     ctx = build_context(model, data, methods=methods, n_explain=n_explain, seed=seed, device=device,
                         epochs=epochs, state_dict=state_dict, trust_pickle=trust_pickle, use_cache=use_cache,
-                        progress=progress, memory_budget=memory_budget)
+                        progress=progress, memory_budget=memory_budget, quality=quality)
     return Report.from_context(ctx, sections)

@@ -175,10 +175,6 @@ class CostSection(Section):
         return {"methods": methods, "measurement": measurement}
 
 
-DEFAULT_SECTIONS: tuple[Section, ...] = (ModelSection(), PerformanceSection(), AttributionSection(), CostSection())
-"""The sections of a standard report, in page order."""
-
-
 def format_number(value: float | None, unit: str = "", *, scale: float = 1.0, digits: int = 3) -> str:
     """``value × scale`` with ``digits`` significant digits and an SI prefix for large numbers; "–" for None."""
     if value is None or not np.isfinite(value):
@@ -197,3 +193,11 @@ def format_bytes(value: float | None) -> str:
         if abs(value) >= factor:
             return f"{value / factor:.3g} {unit}"
     return f"{int(value)} B"
+
+
+# imported here, not at the top: the quality sections subclass Section, defined above
+from ._quality_sections import FrontierSection, QualitySection, SampleCurveSection  # noqa: E402
+
+DEFAULT_SECTIONS: tuple[Section, ...] = (ModelSection(), PerformanceSection(), AttributionSection(), CostSection(),
+                                         QualitySection(), FrontierSection(), SampleCurveSection())
+"""The sections of a standard report, in page order."""

@@ -1,5 +1,5 @@
-"""CPU-only checks of the device logic in tests/benchmarks/gpu_check.py: when it skips, what it calls a
-cost measured the CUDA way, and what its cuDNN control reports off CUDA."""
+"""CPU-only checks of device-dependent logic: when tests/benchmarks/gpu_check.py skips, what it calls a cost
+measured the CUDA way, what its cuDNN control reports off CUDA, and the CPU-only cap on rows per model call."""
 
 from __future__ import annotations
 
@@ -65,3 +65,26 @@ def test_a_cost_on_cuda_must_come_from_the_cuda_meter(gpu_check: ModuleType) -> 
 def test_cudnn_control_is_not_run_off_cuda(gpu_check: ModuleType) -> None:
     gru = nn.Sequential(nn.GRU(3, 4, batch_first=True))
     assert gpu_check.cudnn_control(gru, torch.zeros(1, 5, 3), torch.device("cpu")).startswith("not needed on cpu")
+
+
+def test_rows_per_call_are_capped_for_the_cpu_cache_but_not_on_cuda() -> None:
+    from xaudit.explain._memory import MAX_ROW_BATCH, MIN_CPU_ROW_BATCH, RowMemory, cpu_row_cap, rows_for_budget
+
+    budget = 2 * 1024**3
+    wide = RowMemory(bytes_per_row=180_000, fixed_bytes=0)  # the 32×32 digits CNN's estimate
+    assert rows_for_budget(wide, budget, "m", device="cpu") == cpu_row_cap(wide) == 64
+    assert rows_for_budget(wide, budget, "m", device=torch.device("cuda", 0)) == MAX_ROW_BATCH
+    assert rows_for_budget(wide, budget, "m") == MAX_ROW_BATCH  # callers that name no device: as before
+    assert cpu_row_cap(RowMemory(bytes_per_row=100, fixed_bytes=0)) == MAX_ROW_BATCH
+    assert cpu_row_cap(RowMemory(bytes_per_row=2**30, fixed_bytes=0)) == MIN_CPU_ROW_BATCH
+    # a tight budget still wins over the cap
+    assert rows_for_budget(wide, 20 * 180_000, "m", device="cpu") == 20
+
+
+def test_explain_plans_cpu_calls_with_the_cpu_cap() -> None:
+    from xaudit.explain._memory import cpu_row_cap, row_memory
+
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16 * 16, 3))
+    x = torch.rand(4, 1, 16, 16)
+    exp = xe.explain(model, x, method="integrated_gradients", n_steps=8)
+    assert exp.plan["row_batch"] == cpu_row_cap(row_memory(model, x[:1])) < 512

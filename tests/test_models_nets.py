@@ -81,3 +81,9 @@ def test_count_parameters():
     model.bias.requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == 6
     assert MODELS == ("cnn", "gru", "lstm")
+
+
+def test_lstm_forget_gate_bias_starts_at_one():
+    model = build_model("lstm", (40, 1), 10, hidden=6, seed=0)
+    forget = model.rnn.bias_ih_l0[6:12] + model.rnn.bias_hh_l0[6:12]
+    assert torch.equal(forget, torch.ones(6))

@@ -59,7 +59,8 @@ def test_training_leaves_global_rng_alone(digits):
 
 def test_history_records_train_and_validation(digits):
     seen = []
-    result = train_model(_tiny(digits), digits, TrainConfig(epochs=3, lr=1e-2), progress=lambda e, n, r: seen.append((e, n, r)))
+    config = TrainConfig(epochs=3, lr=1e-2)
+    result = train_model(_tiny(digits), digits, config, progress=lambda e, n, r: seen.append((e, n, r)))
     assert [(e, n) for e, n, _ in seen] == [(1, 3), (2, 3), (3, 3)]
     assert tuple(r for _, _, r in seen) == result.history
     last = result.history[-1]

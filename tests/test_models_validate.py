@@ -36,7 +36,8 @@ def test_wrong_shape(model):
 
 
 def test_bad_labels(model):
-    assert "label 10 in x_test is outside the model's 10 classes" in _error(model, torch.rand(2, 1, 8, 8), torch.tensor([1, 10]))
+    message = _error(model, torch.rand(2, 1, 8, 8), torch.tensor([1, 10]))
+    assert "label 10 in x_test is outside the model's 10 classes" in message
     assert "label -1" in _error(model, torch.rand(2, 1, 8, 8), torch.tensor([-1, 0]))
     assert "dtype" in _error(model, torch.rand(2, 1, 8, 8), torch.tensor([0.0, 1.0]))
     assert "one class index per sample" in _error(model, torch.rand(2, 1, 8, 8), torch.tensor([0]))
@@ -104,4 +105,5 @@ def test_cache_key_depends_on_data_contents():
     changed = load_dataset("digits").subset(64, 16)
     changed.x_train[0, 0, 0, 0] += 0.5
     assert _cache.cache_key("cnn", data, config) != _cache.cache_key("cnn", changed, config)
-    assert _cache.cache_key("cnn", data, config) == _cache.cache_key("cnn", load_dataset("digits").subset(64, 16), config)
+    same = load_dataset("digits").subset(64, 16)
+    assert _cache.cache_key("cnn", data, config) == _cache.cache_key("cnn", same, config)

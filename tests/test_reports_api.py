@@ -42,7 +42,8 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def image_report() -> Report:
     """A CNN on tiny images whose class names need escaping; n_explain above the test size (9 samples)."""
     data = _dataset("image", class_names=(EVIL, "b & c", '"q"'))
-    return build_report(build_model("cnn", data.input_shape, 3, seed=0), data, methods=FAST, n_explain=500)
+    return build_report(build_model("cnn", data.input_shape, 3, seed=0), data, methods=FAST, n_explain=500,
+                        quality="none")  # quality figures are counted in test_reports_quality.py
 
 
 def test_image_report_contract(image_report: Report, tmp_path: Path) -> None:

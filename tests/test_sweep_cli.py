@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from _cli_helpers import assert_one_line_error, assert_self_contained
-from xaudit.reports._cli_sweep import add_sweep_parser
+from _cli_helpers import assert_one_line_error, assert_self_contained, run_cli
+from xaudit.reports._cli import main
 
 QUICK = ["--data", "digits", "--n-train", "150", "--n-test", "60", "--epochs", "1", "--backend", "sequential"]
 
 
 def run_sweep_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run ``xaudit sweep argv`` through the subcommand as the ``xaudit`` parser wires it."""
-    parser = argparse.ArgumentParser(prog="xaudit")
-    add_sweep_parser(parser.add_subparsers(dest="command", required=True))
-    capsys.readouterr()
-    args = parser.parse_args(["sweep", *[str(a) for a in argv]])
-    code = args.run(args)
-    out, err = capsys.readouterr()
-    return code, out, err
+    """Run ``xaudit sweep argv`` in this process; returns (exit code, stdout, stderr)."""
+    return run_cli(["sweep", *argv], capsys)
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sweep") / "run"
-    parser = argparse.ArgumentParser(prog="xaudit")
-    add_sweep_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["sweep", *QUICK, "--grid", "weight_decay=0,1e-3", "--drift", "saliency",
-                              "--n-drift", "4", "--out", str(out), "-q"])
-    assert args.run(args) == 0
+    code = main(["sweep", *QUICK, "--grid", "weight_decay=0,1e-3", "--drift", "saliency", "--n-drift", "4",
+                 "--out", str(out), "-q"])
+    assert code == 0
     return out
 
 
