@@ -14,7 +14,7 @@ from captum.attr import InputXGradient as _CaptumInputXGradient
 from captum.attr import IntegratedGradients as _CaptumIG
 from captum.attr import Saliency as _CaptumSaliency
 from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR as _DEEPLIFT_RULES
-from captum._utils.gradient import compute_gradients
+from captum._utils.common import _run_forward
 from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
@@ -47,17 +47,15 @@ def _summed_gradients(forward_fn: Any, inputs: tuple[torch.Tensor, ...], target_
     """captum's ``compute_gradients`` seeded once: the gradient of the sum of the per-row target outputs.
 
     captum seeds the backward pass with ``torch.unbind(outputs)``, one scalar (and one seed tensor) per row;
-    the engine sums those seeds into the same all-ones gradient, so the values are identical, but on the
-    benchmark's digits models captum's way cost 1.4-1.6× the model's own forward and backward. Targets other
-    than one index per row go to captum's function.
+    the engine sums those seeds into the same all-ones gradient, so the values are identical (bit for bit in
+    the benchmark), but on its digits models captum's way cost 1.4-1.6× the model's own forward and backward.
     """
-    if additional_forward_args is not None or not isinstance(target_ind, torch.Tensor) or target_ind.dim() != 1:
-        return compute_gradients(forward_fn, inputs, target_ind, additional_forward_args)
-    with torch.enable_grad():
-        out = forward_fn(*inputs)
-        if out.dim() != 2 or len(out) != len(target_ind):
-            return compute_gradients(forward_fn, inputs, target_ind, additional_forward_args)
-        return torch.autograd.grad(out.gather(1, target_ind.to(out.device)[:, None]).sum(), inputs)
+    with torch.autograd.set_grad_enabled(True):
+        outputs = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
+        if outputs[0].numel() != 1:
+            raise XauditError("the model's output for the target is not one number per input: return N×classes "
+                              "logits from forward")
+        return torch.autograd.grad(outputs.sum(), inputs)
 
 
 def _with_summed_gradients(attribution: Any) -> Any:

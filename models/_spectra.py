@@ -39,7 +39,7 @@ MIN_TAIL = 5
 
 @dataclass(frozen=True)
 class PowerLawFit:
-    """A continuous power-law fit to the tail of a sample: exponent, its standard error, λ_min, tail size, KS distance."""
+    """A continuous power-law fit to a sample's tail: exponent, its standard error, λ_min, tail size, KS distance."""
 
     alpha: float
     alpha_se: float

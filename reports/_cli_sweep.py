@@ -37,7 +37,7 @@ examples:
 
 
 def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``sweep`` subcommand to an ``add_subparsers()`` object; its ``run`` default is :func:`run_sweep_command`."""
+    """Add ``sweep`` to an ``add_subparsers()`` object (its ``run`` default is :func:`run_sweep_command`)."""
     knobs = "\n".join(f"  {k.name:<17} {k.help}" for k in KNOBS.values())
     parser = subparsers.add_parser(
         "sweep", help="sweep regularization and augmentation; write sweep.html and sweep.json",
@@ -47,10 +47,12 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "the config with the best validation accuracy and the smallest gap, and show how the "
                     "explanations drift as regularization grows.")
     what = parser.add_argument_group("model and data")
-    what.add_argument("--model", default="cnn", metavar="MODEL", help=f"a built-in model: {', '.join(MODELS)} (default: cnn)")
+    what.add_argument("--model", default="cnn", metavar="MODEL",
+                      help=f"a built-in model: {', '.join(MODELS)} (default: cnn)")
     what.add_argument("--data", default="digits", metavar="DATA",
                       help=f"a built-in dataset ({', '.join(DATASETS)}) or an .npz file (default: digits)")
-    what.add_argument("--n-train", type=_positive_int, metavar="N", help="use the first N training samples (quick runs)")
+    what.add_argument("--n-train", type=_positive_int, metavar="N",
+                      help="use the first N training samples (quick runs)")
     what.add_argument("--n-test", type=_positive_int, metavar="N", help="use the first N test samples")
     grid = parser.add_argument_group("grid")
     grid.add_argument("--grid", action="append", default=[], metavar="KNOB=V1,V2",

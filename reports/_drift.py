@@ -81,7 +81,8 @@ class ExplanationDrift:
         return {"reference": self.reference, "methods": list(self.methods), "n_samples": len(self.sample_indices),
                 "sample_indices": list(self.sample_indices), "seed": self.seed,
                 "targets": "true class", "rank_correlation": "Spearman of |attribution| per input, mean over inputs",
-                "deletion_auc": "xaudit.explain deletion_auc (Petsiuk et al. 2018), zero baseline; lower = more faithful",
+                "deletion_auc": ("xaudit.explain deletion_auc (Petsiuk et al. 2018), zero baseline; "
+                                 "lower = more faithful"),
                 "sanity": "xaudit.explain model_randomization (Adebayo et al. 2018), cascading",
                 "rows": [r.to_json() for r in self.rows],
                 "interpretation": {m: self.interpretation(m) for m in self.methods}}

@@ -101,7 +101,8 @@ def test_run_dir_records_and_reloads_models(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
     with pytest.raises(XauditError, match="already holds a sweep"):
         _sweep(["dropout=0,0.2"], run_dir=root)
-    with pytest.raises(XauditError, match=r"cannot resume .*different grid \(dropout=0.0,0.2 there, dropout=0.0,0.5 here\)"):
+    different = r"cannot resume .*different grid \(dropout=0.0,0.2 there, dropout=0.0,0.5 here\)"
+    with pytest.raises(XauditError, match=different):
         _sweep(["dropout=0,0.5"], run_dir=root, resume=True)
     with pytest.raises(XauditError, match="different base training config"):
         _sweep(["dropout=0,0.2"], run_dir=root, resume=True, base=TrainConfig(epochs=3, batch_size=32))
