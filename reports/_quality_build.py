@@ -41,6 +41,10 @@ CHEAP_METRICS: dict[str, tuple[str, ...]] = {"full": ("deletion_auc", "insertion
 #: Metrics that re-run the method (dozens of explanations per sample): full mode only, on a subset.
 EXPENSIVE_METRICS: tuple[str, ...] = ("max_sensitivity", "model_randomization", "seed_stability")
 EXPENSIVE_SUBSET = 8
+#: Model evaluations of the explained method one expensive metric may spend per re-run on the subset; a
+#: sampling method (thousands of evaluations per sample) is scored on fewer samples, down to one, so the
+#: default report stays in minutes. ``metric_samples`` records how many each metric scored.
+EXPENSIVE_EVALS = 4000
 #: Sample counts the samples-against-error curves re-run sampling methods at (the largest is the reference).
 SAMPLE_GRID: tuple[int, ...] = (50, 100, 200, 500, 1000)
 SAMPLE_CURVE_N = 3
@@ -85,7 +89,8 @@ def method_quality(model: nn.Module, explainer: Explainer, exp: Explanation, *, 
     does not apply, or cannot run on this model) leaves its reason in ``failed_metrics``."""
     plan = [(name, exp) for name in CHEAP_METRICS[mode]]
     if mode == "full":
-        small = _subset(exp, EXPENSIVE_SUBSET)
+        evals_per_sample = max(exp.cost.forward_evals / max(exp.cost.n_samples, 1), 1.0)
+        small = _subset(exp, max(1, min(EXPENSIVE_SUBSET, int(EXPENSIVE_EVALS // evals_per_sample))))
         plan += [(name, small) for name in EXPENSIVE_METRICS
                  if get_metric(name).applies_to(type(explainer)) is None]
     results: dict[str, MetricResult] = {}
