@@ -235,7 +235,8 @@ class DeepLift(_HookRuleExplainer):
 
     def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor,
                   targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        attr = _CaptumDeepLift(model).attribute(inputs, baselines=self.baseline, target=targets)
+        deeplift = _with_summed_gradients(_CaptumDeepLift(model))
+        attr = deeplift.attribute(inputs, baselines=self.baseline, target=targets)
         assert model.last is not None
         out_x, out_base = model.last.chunk(2)
         rows = torch.arange(len(inputs), device=inputs.device)
@@ -257,7 +258,7 @@ class GuidedBackprop(_HookRuleExplainer):
     rule_keeps_state = False
 
     def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _CaptumGuidedBackprop(model).attribute(inputs, target=targets)
+        return _with_summed_gradients(_CaptumGuidedBackprop(model)).attribute(inputs, target=targets)
 
 
 class SmoothGrad(Explainer):

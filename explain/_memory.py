@@ -25,8 +25,9 @@ MAX_ROW_BATCH = 512
 #: On the CPU a call should also keep its activations near the cache: at most this many estimated in-flight
 #: bytes (``RowMemory.bytes_per_row`` × rows) per call. On the benchmark's 2-core EPYC (2 MiB L2 per core),
 #: forward+input-backward of the 32×32 digits CNN took 153 µs/row in 64-row calls, 254 in 256-row and 322 in
-#: 512-row calls; the 8×8 CNN took 20 µs/row at 256 rows and 28 at 512; a GRU's rows are as small, and it
-#: lost at most ~10% at 256 rows against 512 (tests/benchmarks/bench_explain.py).
+#: 512-row calls; the 8×8 CNN took 20 µs/row at 256 rows and 26-28 at 512. A GRU's rows are as small, but its
+#: gradients ran 0-30% slower at 256 rows than at 512 from one measurement to the next: the price of one rule
+#: (tests/benchmarks/bench_explain.py).
 CPU_CALL_BYTES = 12 * 1024**2
 #: The CPU cap never goes below this many rows, where per-call overhead would dominate small models.
 MIN_CPU_ROW_BATCH = 16
