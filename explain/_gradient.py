@@ -187,7 +187,7 @@ class _HookRuleExplainer(Explainer):
 
     def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor,
                   targets: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _run_rule")
 
 
 class _RecordingModel(nn.Module):

@@ -27,35 +27,13 @@ import time
 import lime.lime_image
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 import xaudit.explain as xe
 from xaudit.explain._lime import ROWS_PER_CALL
+from _digits import train_digits_cnn
 
 
-def train_digits_cnn(epochs: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, float]:
-    """(model in eval mode, test images N×1×8×8 in [0, 1], test accuracy)."""
-    data = load_digits()
-    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(data.target)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    train, test = order[:1400], order[1400:]
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-                          nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(32 * 2 * 2, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(epochs):
-        for batch in torch.split(train[torch.randperm(len(train))], 64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = float((model(x[test]).argmax(-1) == y[test]).float().mean())
-    return model, x[test], accuracy
 
 
 def deletion_auc(model: nn.Module, images: torch.Tensor, relevance: torch.Tensor, targets: torch.Tensor,
@@ -108,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, x_test, accuracy = train_digits_cnn(args.epochs)
+    model, _, x_test, accuracy = train_digits_cnn(args.epochs)
     images = x_test[:args.samples]
     with torch.no_grad():
         targets = model(images).argmax(-1)
