@@ -196,8 +196,10 @@ def format_bytes(value: float | None) -> str:
 
 
 # imported here, not at the top: the quality sections subclass Section, defined above
+from ._overfit_section import OverfittingSection  # noqa: E402
 from ._quality_sections import FrontierSection, QualitySection, SampleCurveSection  # noqa: E402
 
-DEFAULT_SECTIONS: tuple[Section, ...] = (ModelSection(), PerformanceSection(), AttributionSection(), CostSection(),
-                                         QualitySection(), FrontierSection(), SampleCurveSection())
+DEFAULT_SECTIONS: tuple[Section, ...] = (ModelSection(), PerformanceSection(), OverfittingSection(),
+                                         AttributionSection(), CostSection(), QualitySection(), FrontierSection(),
+                                         SampleCurveSection())
 """The sections of a standard report, in page order."""
