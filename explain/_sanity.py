@@ -40,6 +40,11 @@ def parametrized_layers(model: nn.Module, sample: torch.Tensor) -> list[str]:
     Registration order is not execution order (a head may be defined first), so the order is observed.
     Modules the forward pass never calls are left out: randomizing them could not change the map.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        # the call order is observed with forward hooks, which TorchScript modules cannot take
+        raise XauditError("the model-randomization check cannot run on a TorchScript model (it needs forward "
+                          "hooks to find the layer order): pass the nn.Module, e.g. a file saved by `xaudit "
+                          "train` or a module:callable factory with --state-dict")
     owners = {m: name for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
     seen: list[str] = []
 

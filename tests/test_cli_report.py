@@ -52,6 +52,11 @@ def test_report_on_digits_writes_the_contract(tmp_path: Path, cache_dir: Path, m
     assert report["model"]["n_params"] == count_parameters(model) == sum(p.numel() for p in model.parameters())
     assert report["metrics"]["test_accuracy"] == pytest.approx(evaluate(model, dataset.x_test, dataset.y_test)[1])
     assert report["metrics"]["train_accuracy"] == pytest.approx(evaluate(model, dataset.x_train, dataset.y_train)[1])
+    # the overfitting section: the gap of the same model, with its verdict, and calibration
+    gap = report["diagnostics"]["gap"]
+    assert gap["gap"] == pytest.approx(report["metrics"]["train_accuracy"] - report["metrics"]["test_accuracy"])
+    assert gap["verdict"] and 0 <= report["diagnostics"]["calibration"]["ece"] <= 1
+    assert 'id="overfitting"' in html
 
 
 def test_report_gru_on_mnist1d_draws_time_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -72,6 +72,14 @@ def test_layers_are_found_in_execution_order_and_randomized_top_down() -> None:
     assert len(r.spearman) == len(r.ssim) == 3
 
 
+def test_torchscript_model_is_refused_with_the_fix() -> None:
+    scripted = torch.jit.script(HeadFirst().eval())
+    explainer = xe.get_explainer("saliency")(scripted)
+    with pytest.raises(XauditError, match="TorchScript.*pass the nn.Module") as info:
+        xe.ModelRandomization().compute(scripted, explainer.explain(_x()), explainer=explainer)
+    assert "\n" not in str(info.value)
+
+
 def test_a_map_that_ignores_the_model_fails_and_is_flagged_as_the_input() -> None:
     model = HeadFirst()
     explainer = InputCopy(model)
