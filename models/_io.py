@@ -12,7 +12,6 @@ import importlib.metadata
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._atomic import atomic_write
 from ._errors import UnsafeModelFileError, XauditError
 from ._nets import MODELS, ModelSpec, build_from_spec
 from ._train import EpochRecord, TrainConfig
@@ -89,14 +89,7 @@ def save_model(
         "train_config": train_config.to_dict() if train_config is not None else None,
         "history": [asdict(record) for record in history],
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda fh: torch.save(payload, fh))
 
 
 def load_model(

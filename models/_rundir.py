@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ._atomic import atomic_write_bytes
 from ._errors import XauditError
 from ._sweep_result import TrialResult
 
@@ -31,20 +32,6 @@ FORMAT = "xaudit-sweep-run/1"
 _WHAT = {"model": "model", "data": "dataset", "n_train": "training subset size", "n_test": "test subset size",
          "data_fingerprint": "data (same name, different contents)", "hidden": "model width",
          "grid": "grid", "base_config": "base training config", "repeats": "number of repeats", "seed": "seed"}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _dumps(value: Any) -> bytes:

@@ -1,50 +1,22 @@
 """Output files: checking that a destination is writable before any work, and atomic writes at the end.
 
-A run that fails half way must leave no partial output behind, so every file is written to a temporary
-file in the destination's own directory and moved into place with ``os.replace`` (atomic on POSIX and
-Windows when both paths are on the same file system, which the shared directory guarantees).
+A run that fails half way must leave no partial output behind, so every file is written through
+:func:`atomic_write` (from ``xaudit.models._atomic``): a temporary file in the destination's own directory,
+moved into place with ``os.replace``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
+# the atomic writers live with the model files they also write; re-exported here for reports and the CLI
+from xaudit.models._atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from xaudit.models._errors import XauditError
 
-
-def _current_umask() -> int:
-    # os.umask can only be read by setting it; set it straight back
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Write ``path`` atomically: ``write(fh)`` fills a temporary sibling file that then replaces ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would have
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    data = text.encode("utf-8")
-    return atomic_write(path, lambda fh: fh.write(data))
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "prepare_out_dir", "prepare_out_file",
+           "remove_created_dirs"]
 
 
 def prepare_out_dir(path: str | os.PathLike[str], *, option: str = "--out") -> list[Path]:

@@ -1,0 +1,107 @@
+"""report.html in a real headless Chromium: no errors, no network, user strings shown as text and never run.
+
+Skipped where no Chromium is installed, except under CI (``CI=true``), where a missing browser fails:
+a check that silently skips in CI proves nothing. The screenshot goes to ``$XAUDIT_SCREENSHOT_DIR``
+when set (CI prints where), else to the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xaudit.reports._cli import main
+
+from _browser import Browser, find_chromium
+from _cli_helpers import image_npz
+
+# Strings a user controls that end up in the page: class names inside the .npz, and the file's own name.
+CLASS_NAMES = ("<script>alert(1)</script>", "<img src=x onerror=alert(2)>", "a&b")
+DATA_FILE_NAME = '"><img src=x onerror=alert(1)>.npz'
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if find_chromium() is None:
+        message = "Chromium is not installed (apt-get install chromium, or set $XAUDIT_CHROMIUM)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}: the browser check must run in CI")
+        pytest.skip(message)
+    with Browser(timeout_s=60) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def hostile_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """report.html of a one-epoch CNN on a tiny .npz whose class names and file name are HTML/JS."""
+    folder = tmp_path_factory.mktemp("hostile")
+    data = image_npz(folder / DATA_FILE_NAME, class_names=np.array(CLASS_NAMES))
+    out = folder / "report"
+    code = main(["report", "--data", str(data), "--epochs", "1", "--n-explain", "2", "--methods", "saliency",
+                 "--quality", "fast", "--no-cache", "--out", str(out), "-q"])
+    assert code == 0
+    return out / "report.html"
+
+
+# Text of every text node outside script, style and template elements.
+_SHOWN_TEXT = """(() => {
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    const parts = [];
+    for (let node = walker.nextNode(); node; node = walker.nextNode())
+        if (!node.parentElement.closest("script, style, template")) parts.push(node.data);
+    return parts.join("");
+})()"""
+
+
+def _screenshot_dir(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("XAUDIT_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_the_check_catches_requests_console_errors_and_dialogs(browser: Browser, tmp_path: Path) -> None:
+    # negative control: a page doing each forbidden thing once must be reported exactly once each
+    page_file = tmp_path / "bad.html"
+    page_file.write_text('<!doctype html><title>bad</title><img src="http://example.invalid/x.png">'
+                         '<script>console.error("x"); alert(1);</script>', encoding="utf-8")
+    page = browser.open(page_file)
+    assert page.external_requests == ["http://example.invalid/x.png"]
+    assert page.console_errors == ["x"]
+    assert page.dialogs == ["1"]
+    assert page.exceptions == []
+
+
+def test_report_opens_offline_without_errors_and_shows_hostile_names_as_text(
+        browser: Browser, hostile_report: Path, tmp_path: Path) -> None:
+    page = browser.open(hostile_report)
+    assert page.url == hostile_report.resolve().as_uri()
+    assert page.requests[0] == page.url  # the document itself was seen, so requests were being recorded
+    assert page.problems() == {kind: [] for kind in page.problems()}
+
+    text_content = browser.evaluate(page, "document.body.textContent")
+    # the same text outside any script/style element, so it is shown, not merely embedded as data
+    shown_text = browser.evaluate(page, _SHOWN_TEXT)
+    for text in (*CLASS_NAMES, DATA_FILE_NAME):
+        assert text in text_content and text in shown_text, f"{text!r} is not shown as text"
+    # nothing the user named became markup: no element with an event handler, no script running alert()
+    assert browser.evaluate(page, "document.querySelectorAll('[onerror],[onload],img[src=\"x\"]').length") == 0
+    scripts = browser.evaluate(page, "Array.from(document.scripts).map(s => s.src + s.textContent)")
+    assert not any("alert(" in script for script in scripts), scripts
+    # every figure is an inline image the browser could decode
+    images = browser.evaluate(page, "Array.from(document.images).map(i => [i.src.slice(0, 5), i.naturalWidth])")
+    assert images and all(src == "data:" and width > 0 for src, width in images), images
+
+    shot = browser.screenshot(page, _screenshot_dir(tmp_path) / "report-hostile-names.png")
+    width, height = _png_size(shot)
+    assert width == browser.width and height > 500
