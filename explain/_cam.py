@@ -1,4 +1,10 @@
-"""Grad-CAM through captum, for 2-D CNNs on images and 1-D CNNs on sequences, on the common contract."""
+"""Grad-CAM for 2-D CNNs on images and 1-D CNNs on sequences, on the common contract.
+
+The map is captum's ``LayerGradCam`` (same layer output, same averaging, same ReLU; equal to it in
+tests/test_explain_gradcam.py), computed with one backward pass seeded by the sum of the target logits:
+captum seeds it with one scalar per row (``torch.unbind``), which cost 1.2-1.3× the whole call on the digits
+CNN (tests/benchmarks/bench_explain.py).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from captum.attr import LayerAttribution, LayerGradCam
+from captum.attr import LayerAttribution
 from torch import nn
 
 from xaudit.models._errors import XauditError
@@ -81,22 +87,45 @@ class GradCAM(Explainer):
                    ctx: CallContext) -> torch.Tensor:
         name, layer = self._layer()
         # the counting wrapper is the forward function (evaluations counted); the hook goes on the layer
-        cam = LayerGradCam(model, layer).attribute(inputs, target=targets, relu_attributions=self.relu)
+        cam = layer_grad_cam(model, layer, inputs, targets, relu=self.relu)
         return _to_input_shape(cam.detach(), tuple(inputs.shape), name, self._conv_over_time)
 
 
+def layer_grad_cam(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                   relu: bool = True) -> torch.Tensor:
+    """N×1×(spatial) Grad-CAM of ``layer``'s output: channel weights = spatial mean of the target logit's
+    gradient, map = ReLU(Σ_c weight_c · A_c) (Selvaraju et al. 2017, eqs. 1-2; captum's LayerGradCam)."""
+    outputs: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+    try:
+        with torch.enable_grad():
+            logits = model(inputs)
+    finally:
+        handle.remove()
+    if not outputs or not isinstance(outputs[-1], torch.Tensor):
+        raise XauditError("gradcam's layer gave no tensor output in the forward pass: pick a conv layer the "
+                          "model calls, with layer=...")
+    activation = outputs[-1]  # a layer called twice: its last call, as captum keeps it
+    rows = torch.arange(len(logits), device=logits.device)
+    (grad,) = torch.autograd.grad(logits[rows, targets].sum(), activation)
+    weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True)
+    cam = (weights * activation).sum(dim=1, keepdim=True)
+    return torch.relu(cam) if relu else cam
+
+
 def _to_input_shape(cam: torch.Tensor, shape: tuple[int, ...], layer: str, over_time: Any) -> torch.Tensor:
-    """Upsample an N×1×(spatial) layer map to the input's spatial size and broadcast it to ``shape``."""
+    """Upsample an N×1×(spatial) layer map to the input's spatial size and broadcast it to ``shape`` (a view:
+    the caller copies it into the result once)."""
     n, *sample = shape
     if cam.dim() == 4:  # a 2-D map: over H×W of an image, or over T×F of a sequence
         up = LayerAttribution.interpolate(cam, tuple(sample[-2:]), interpolate_mode="bilinear")
-        return up.expand(n, *sample).contiguous() if len(sample) == 3 else up[:, 0]
+        return up.expand(n, *sample) if len(sample) == 3 else up[:, 0]
     if cam.dim() == 3 and len(sample) == 2:
         steps, features = sample
         if over_time(steps, features):
             up = LayerAttribution.interpolate(cam, (steps,), interpolate_mode="linear")
-            return up[:, 0, :, None].expand(n, steps, features).contiguous()
+            return up[:, 0, :, None].expand(n, steps, features)
         up = LayerAttribution.interpolate(cam, (features,), interpolate_mode="linear")
-        return up.expand(n, steps, features).contiguous()
+        return up.expand(n, steps, features)
     raise XauditError(f"gradcam cannot map the output of layer {layer!r} (shape {tuple(cam.shape[1:])} per "
                       f"sample) onto inputs of shape {tuple(sample)}: pick a conv layer with layer=...")

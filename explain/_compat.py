@@ -5,16 +5,19 @@ wrong answers, or crash, on common models (shap #3466, #1479): an in-place activ
 tensor a backward hook needs; an activation module called at several places keeps only one call's
 input and output; an activation written as ``F.relu(x)`` in a ``forward`` has no module to hook, so the
 rule is not applied there. :func:`check_hook_compat` finds these, and :func:`hook_safe_copy` returns a
-deep copy of the model with what can be fixed fixed (the user's model is never modified) or refuses with
+copy of the model's modules with what can be fixed fixed (the user's model is never modified) or refuses with
 a one-line error naming the module and the fix.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -144,7 +147,9 @@ def _split_reused(model: nn.Module, reused: set[int]) -> None:
 def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
                    rule_modules: tuple[type[nn.Module], ...] = ACTIVATION_MODULES,
                    functions: frozenset[str] = NONLINEAR_FUNCTIONS, one_call_per_module: bool = True) -> nn.Module:
-    """A deep copy of ``model`` on which ``method``'s module hooks are safe, or a one-line XauditError.
+    """A copy of ``model`` on which ``method``'s module hooks are safe, or a one-line XauditError.
+
+    Modules are deep-copied; parameters and buffers are shared with ``model`` (no rule writes to them).
 
     In-place activations become out-of-place; a module registered at several places (the same
     ``nn.ReLU`` put twice into an ``nn.Sequential``) gets one copy per place. What cannot be fixed from
@@ -154,8 +159,10 @@ def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
     for (not an instance of ``rule_modules``). Hooks are the copy's business only: the user's model keeps
     its modules, hooks and flags.
     """
+    # parameters and buffers are shared, not copied: the copy always computes with the model's current values
+    memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     try:
-        safe = copy.deepcopy(model)
+        safe = copy.deepcopy(model, memo)
     except Exception as err:  # noqa: BLE001 - any failure to copy means we cannot run hooks safely
         raise XauditError(f"{method} runs on a copy of the model to attach hooks, but the model cannot be "
                           f"deep-copied ({type(err).__name__}: {err}): make it copyable") from err
@@ -180,4 +187,45 @@ def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
         if func in functions:
             raise XauditError(f"{method} applies its rule through activation modules, but {where} calls "
                               f"{func}() as a function: use an activation module there (e.g. nn.ReLU())")
+    return safe
+
+
+# Hook-safe copies per model: (the model's structure when copied, rule settings) -> copy. Deep-copying and
+# probing the model on every call was a third of a 256-sample guided-backprop call on the digits CNN.
+_SAFE_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple, nn.Module]]] = weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module) -> tuple:
+    """What a hook-safe copy depends on: the module objects, the parameter and buffer objects (shared with the
+    copy, so new values in them need no new copy) and the in-place flags."""
+    modules = tuple(model.modules())
+    return (modules, tuple(model.parameters()), tuple(model.buffers()),
+            tuple(getattr(m, "inplace", None) for m in modules))
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return all(len(x) == len(y) and all(u is v or (type(u) is bool and u == v) for u, v in zip(x, y))
+               for x, y in zip(a, b))
+
+
+def cached_hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
+                          rule_modules: tuple[type[nn.Module], ...] = ACTIVATION_MODULES,
+                          functions: frozenset[str] = NONLINEAR_FUNCTIONS,
+                          one_call_per_module: bool = True) -> nn.Module:
+    """:func:`hook_safe_copy`, made once per model structure, sample shape and rule, then reused.
+
+    The copy shares the model's parameter and buffer tensors, so in-place updates (training steps,
+    ``load_state_dict``) reach it; a replaced module, parameter or buffer, or a changed ``inplace`` flag,
+    makes a new copy. Only for rules that leave no state on the copy's modules after a call (captum's remove
+    their hooks and attributes in ``finally`` blocks).
+    """
+    key = (tuple(sample.shape[1:]), sample.dtype, method, rule_modules, functions, one_call_per_module)
+    structure = _structure(model)
+    per_model = _SAFE_COPIES.setdefault(model, {})
+    hit = per_model.get(key)
+    if hit is not None and _same(hit[0], structure):
+        return hit[1].eval()
+    safe = hook_safe_copy(model, sample, method, rule_modules=rule_modules, functions=functions,
+                          one_call_per_module=one_call_per_module)
+    per_model[key] = (structure, safe)
     return safe

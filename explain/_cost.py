@@ -98,13 +98,14 @@ class Cost:
 
 def _read_status_kb(field: str) -> int | None:
     try:
-        with open(_STATUS) as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
+        with open(_STATUS, "rb") as fh:
+            text = fh.read()  # one read and a search: iterating the lines cost ~0.1 ms per meter
     except OSError:
         return None
-    return None
+    at = text.find(b"\n" + field.encode() + b":")
+    if at < 0:
+        return None
+    return int(text[at:text.index(b"\n", at + 1)].split()[1])
 
 
 @functools.lru_cache(maxsize=1)  # each check is a syscall, and a meter asks twice per call

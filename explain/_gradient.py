@@ -21,7 +21,7 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer, get_explainer
-from ._compat import NONLINEAR_FUNCTIONS, ACTIVATION_MODULES, hook_safe_copy
+from ._compat import ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, cached_hook_safe_copy
 
 
 class Saliency(Explainer):
@@ -160,7 +160,7 @@ class InputXGradient(Explainer):
 class _HookRuleExplainer(Explainer):
     """Shared runner of the rules that replace activation gradients through module hooks.
 
-    The rule runs on :func:`hook_safe_copy` of the model (in-place activations made out-of-place, reused
+    The rule runs on :func:`cached_hook_safe_copy` of the model (in-place activations made out-of-place, reused
     ones split), wrapped in a counting model that shares the call's counter, so the user's model never
     carries a hook or an attribute the rule sets, even if captum fails half-way.
     """
@@ -178,8 +178,8 @@ class _HookRuleExplainer(Explainer):
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert isinstance(model, CountingModel)
-        safe = hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=self.rule_modules,
-                              functions=self.rule_functions, one_call_per_module=self.rule_keeps_state)
+        safe = cached_hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=self.rule_modules,
+                                     functions=self.rule_functions, one_call_per_module=self.rule_keeps_state)
         with warnings.catch_warnings():
             # captum announces on every call that it sets hooks; here they live on a throw-away copy
             warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks")
@@ -230,8 +230,11 @@ class DeepLift(_HookRuleExplainer):
     def get_params(self) -> dict[str, Any]:
         return {"baseline": self.baseline}
 
+    def rows_per_sample(self) -> int:
+        return 2  # inputs and baselines go through the model together, so chunks hold half the samples
+
     def expected_evals(self) -> tuple[float, float]:
-        return 2.0, 2.0  # inputs and baselines go through the model together
+        return 2.0, 2.0
 
     def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor,
                   targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

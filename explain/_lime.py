@@ -2,11 +2,11 @@
 
 lime_image loops in Python over its perturbations and calls the model in batches of 10 (~150 ms per 8×8
 digit at 1000 samples, FIELD_NOTES). Here the perturbations are built with tensor ops and evaluated in
-batches of ``ctx.row_batch`` rows; the statistics stay lime's: the same sampling distribution (each segment
+model calls of ``ctx.row_batch`` rows filled across the samples of a chunk; the statistics stay lime's: the same sampling distribution (each segment
 kept with probability 1/2, the first row the unperturbed input), the same cosine distance to the all-ones
 row, the same exponential kernel ``sqrt(exp(-d²/w²))`` and the same weighted ``Ridge(alpha=1)``. When the
 feature selection keeps every segment (the default) the ridge is solved here in closed form, equal to
-sklearn's to 1e-6 (tested); a selection that drops segments calls ``lime.lime_base.LimeBase`` itself.
+sklearn's to 1e-6 (tested) and batched over samples; a selection that drops segments calls ``lime.lime_base.LimeBase`` itself.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ MAX_TIME_WINDOWS = 40
 #: a steady 3.7-4.5 ms (a 512-row layer output is 2 MiB); a GRU loses ~15% at 2 threads. Measured in
 #: tests/benchmarks/bench_lime.py.
 ROWS_PER_CALL = 256
+#: Samples per batched ridge solve.
+_RIDGE_GROUP = 16
 #: lime's SegmentationAlgorithm defaults for quickshift; slic asks for as many segments as the default grid.
 _SKIMAGE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
     "quickshift": {"kernel_size": 4, "max_dist": 200, "ratio": 0.2},
@@ -199,6 +201,8 @@ class Lime(Explainer):
     uses_gradients = False
     is_stochastic = True
     batch_invariant = True
+    # perturbed rows fill model calls across the samples of a chunk (``_masked_probabilities``)
+    streams_rows = True
 
     def __init__(self, model: nn.Module, *, num_samples: int = 1000, kernel_width: float = 0.25,
                  hide_color: float | None = 0.0, segmentation: str = "grid", features: str = "time",
@@ -293,54 +297,98 @@ class Lime(Explainer):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        attributions = torch.empty_like(inputs)
-        intercepts = torch.empty(len(inputs), dtype=torch.float64)
-        r2 = torch.empty(len(inputs), dtype=torch.float64)
-        rows_per_call = min(ctx.row_batch, ROWS_PER_CALL) if ctx.device.type == "cpu" else ctx.row_batch
-        for i, sample in enumerate(inputs):
+        samples = []
+        for sample in inputs:
             # seed=None: fresh perturbations from the caller's global numpy generator
             seed = (sample_seed(ctx.seed, sample) if ctx.seed is not None
                     else int(np.random.randint(0, 2**32, dtype=np.int64)))
             segments = self.segments(sample, seed)
-            n_segments = int(segments.max()) + 1
-            masks = lime_masks(np.random.RandomState(seed), self.num_samples, n_segments)
-            probs = self._masked_probabilities(model, sample, int(targets[i]), segments, masks, rows_per_call)
-            coef, intercepts[i], r2[i] = self._fit(masks, probs, seed)
+            masks = lime_masks(np.random.RandomState(seed), self.num_samples, int(segments.max()) + 1)
+            samples.append((seed, segments, masks.astype(bool)))
+        rows_per_call = min(ctx.row_batch, ROWS_PER_CALL) if ctx.device.type == "cpu" else ctx.row_batch
+        probs = self._masked_probabilities(model, inputs, targets, samples, rows_per_call)
+        # one BLAS thread limit for the whole chunk: a 1000×64 solve gains nothing from BLAS threads, on a busy
+        # machine they cost 50× (measured), and entering the limit once per sample was ~10% of lime's time
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            fits = self._fit_all(samples, probs)
+        attributions = torch.empty_like(inputs)
+        for i, ((_, segments, _), (coef, _, _)) in enumerate(zip(samples, fits)):
             seg = torch.from_numpy(segments).to(inputs.device)
             attributions[i] = torch.from_numpy(coef).to(inputs.device, inputs.dtype)[seg]
-        return attributions, {"intercept": intercepts, "local_r2": r2}
+        return attributions, {"intercept": torch.tensor([f[1] for f in fits], dtype=torch.float64),
+                              "local_r2": torch.tensor([f[2] for f in fits], dtype=torch.float64)}
 
-    def _masked_probabilities(self, model: nn.Module, sample: torch.Tensor, target: int, segments: np.ndarray,
-                              masks: np.ndarray, row_batch: int) -> np.ndarray:
-        """Target-class probability of every masked copy of ``sample``, evaluated ``row_batch`` rows at a time."""
-        seg = torch.from_numpy(segments).to(sample.device)
-        hidden = self._hidden_values(sample, seg, masks.shape[1])
-        keep_all = torch.from_numpy(masks.astype(bool)).to(sample.device)
-        probs = []
+    def _masked_probabilities(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                              samples: list[tuple[int, np.ndarray, np.ndarray]], row_batch: int) -> list[np.ndarray]:
+        """Target-class probability of every masked copy of every sample, in model calls of ``row_batch`` rows
+        filled across samples (a sample's rows may span two calls)."""
+        out = [np.empty(len(masks)) for _, _, masks in samples]
+        pending: list[tuple[torch.Tensor, int, int, int]] = []  # (rows, sample, first mask row, count)
+
+        def flush() -> None:
+            if not pending:
+                return
+            owner = torch.cat([torch.full((n,), i, device=inputs.device) for _, i, _, n in pending])
+            p = torch.softmax(model(torch.cat([r for r, *_ in pending])).float(), dim=-1)
+            p = p.gather(1, targets[owner][:, None])[:, 0].to("cpu", torch.float64).numpy()
+            at = 0
+            for _, i, first, n in pending:
+                out[i][first:first + n] = p[at:at + n]
+                at += n
+            pending.clear()
+
+        filled = 0
         with torch.no_grad():
-            for start in range(0, len(masks), row_batch):
-                # indexing a mask row by the element→segment map is the mask @ segment-indicator product
-                keep = keep_all[start:start + row_batch][:, seg]
-                rows = torch.where(keep, sample.detach(), hidden)
-                probs.append(torch.softmax(model(rows).float(), dim=-1)[:, target])
-        return torch.cat(probs).to("cpu", torch.float64).numpy()
+            for i, (_, segments, masks) in enumerate(samples):
+                sample = inputs[i].detach()
+                seg = torch.from_numpy(segments).to(sample.device)
+                hidden = self._hidden_values(sample, seg, masks.shape[1])
+                keep_all = torch.from_numpy(masks).to(sample.device)
+                first = 0
+                while first < len(masks):
+                    n = min(row_batch - filled, len(masks) - first)
+                    # indexing a mask row by the element→segment map is the mask @ segment-indicator product
+                    pending.append((torch.where(keep_all[first:first + n][:, seg], sample, hidden), i, first, n))
+                    filled, first = filled + n, first + n
+                    if filled == row_batch:
+                        flush()
+                        filled = 0
+            flush()
+        return out
 
-    def _fit(self, masks: np.ndarray, probs: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
-        """lime's weighted ridge on (masks, probabilities): closed form when every segment is kept."""
-        distances = cosine_distance_to_original(masks)
+    def _keeps_all(self, n_segments: int) -> bool:
+        return self.feature_selection == "none" or (
+            self.feature_selection != "lasso_path" and (self.num_features is None or self.num_features >= n_segments))
+
+    def _fit_all(self, samples: list[tuple[int, np.ndarray, np.ndarray]],
+                 probs: list[np.ndarray]) -> list[tuple[np.ndarray, float, float]]:
+        """lime's weighted ridge per sample: closed form, batched over samples with the same segment count,
+        when every segment is kept; otherwise lime's own LimeBase."""
+        fits: list[tuple[np.ndarray, float, float] | None] = [None] * len(samples)
+        groups: dict[int, list[int]] = {}
+        for i, (seed, _, masks) in enumerate(samples):
+            if self._keeps_all(masks.shape[1]):
+                groups.setdefault(masks.shape[1], []).append(i)
+            else:
+                fits[i] = self._fit_lime_base(masks.astype(np.int64), probs[i], seed)
+        for members in groups.values():
+            # a few samples per solve keep the float64 copies small (1000×64 doubles is 0.5 MiB per sample)
+            for part in range(0, len(members), _RIDGE_GROUP):
+                idx = members[part:part + _RIDGE_GROUP]
+                masks = np.stack([samples[i][2] for i in idx])
+                weights = exponential_kernel(cosine_distance_to_original(masks), self.kernel_width)
+                coef, intercept, r2 = weighted_ridge(masks, np.stack([probs[i] for i in idx]), weights)
+                for j, i in enumerate(idx):
+                    fits[i] = (coef[j], float(intercept[j]), float(r2[j]))
+        return [f for f in fits if f is not None]
+
+    def _fit_lime_base(self, masks: np.ndarray, probs: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
+        """lime's LimeBase with its feature selection (the caller holds the BLAS thread limit)."""
         k = masks.shape[1]
-        keeps_all = self.feature_selection == "none" or (
-            self.feature_selection != "lasso_path" and (self.num_features is None or self.num_features >= k))
-        if keeps_all:
-            # a 1000×64 solve gains nothing from BLAS threads, and on a busy machine they cost 50× (measured)
-            with _blas_controller().limit(limits=1, user_api="blas"):
-                coef, intercept, r2 = weighted_ridge(masks, probs, exponential_kernel(distances, self.kernel_width))
-            return coef, float(intercept), float(r2)
         base = LimeBase(lambda d: exponential_kernel(d, self.kernel_width), random_state=seed)
-        with _blas_controller().limit(limits=1, user_api="blas"):
-            intercept, pairs, score, _ = base.explain_instance_with_data(
-                masks, probs[:, None], distances, 0, self.num_features or k,
-                feature_selection=self.feature_selection)
+        intercept, pairs, score, _ = base.explain_instance_with_data(
+            masks, probs[:, None], cosine_distance_to_original(masks), 0, self.num_features or k,
+            feature_selection=self.feature_selection)
         coef = np.zeros(k)
         for feature, weight in pairs:
             coef[feature] = weight

@@ -23,12 +23,12 @@ DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
 #: Above this many rows per model call CPU throughput stops improving, so we never batch larger.
 MAX_ROW_BATCH = 512
 #: On the CPU a call should also keep its activations near the cache: at most this many estimated in-flight
-#: bytes (``RowMemory.bytes_per_row`` × rows) per call. On the benchmark's 2-core EPYC (2 MiB L2 per core),
-#: forward+input-backward of the 32×32 digits CNN took 153 µs/row in 64-row calls, 254 in 256-row and 322 in
-#: 512-row calls; the 8×8 CNN took 20 µs/row at 256 rows and 26-28 at 512. A GRU's rows are as small, but its
-#: gradients ran 0-30% slower at 256 rows than at 512 from one measurement to the next: the price of one rule
-#: (tests/benchmarks/bench_explain.py).
-CPU_CALL_BYTES = 12 * 1024**2
+#: bytes (``RowMemory.bytes_per_row`` × rows) per call. On the benchmark's 2-core EPYC the 32×32 digits CNN ran
+#: forward+input-backward fastest per row in 64-128-row calls (135-139 µs/row against 240 at 256 rows), yet at
+#: 12 MiB (64 rows there) whole calls lost 2-8% to captum's single call from the extra chunks, IG and
+#: SmoothGrad were 10-25% slower than at 256 rows, and DeepLift (two rows per sample) was 1.6× faster than at
+#: 256 rows: 24 MiB, 128 rows, is the model's own best batch (tests/benchmarks/bench_explain.py).
+CPU_CALL_BYTES = 24 * 1024**2
 #: The CPU cap never goes below this many rows, where per-call overhead would dominate small models.
 MIN_CPU_ROW_BATCH = 16
 #: Activations + their gradients + allocator slack, per byte of forward activation.

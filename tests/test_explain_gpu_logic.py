@@ -72,7 +72,7 @@ def test_rows_per_call_are_capped_for_the_cpu_cache_but_not_on_cuda() -> None:
 
     budget = 2 * 1024**3
     wide = RowMemory(bytes_per_row=180_000, fixed_bytes=0)  # the 32×32 digits CNN's estimate
-    assert rows_for_budget(wide, budget, "m", device="cpu") == cpu_row_cap(wide) == 64
+    assert rows_for_budget(wide, budget, "m", device="cpu") == cpu_row_cap(wide) == 128
     assert rows_for_budget(wide, budget, "m", device=torch.device("cuda", 0)) == MAX_ROW_BATCH
     assert rows_for_budget(wide, budget, "m") == MAX_ROW_BATCH  # callers that name no device: as before
     assert cpu_row_cap(RowMemory(bytes_per_row=100, fixed_bytes=0)) == MAX_ROW_BATCH
@@ -84,7 +84,7 @@ def test_rows_per_call_are_capped_for_the_cpu_cache_but_not_on_cuda() -> None:
 def test_explain_plans_cpu_calls_with_the_cpu_cap() -> None:
     from xaudit.explain._memory import cpu_row_cap, row_memory
 
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16 * 16, 3))
-    x = torch.rand(4, 1, 16, 16)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 32 * 32, 3))
+    x = torch.rand(4, 1, 32, 32)
     exp = xe.explain(model, x, method="integrated_gradients", n_steps=8)
     assert exp.plan["row_batch"] == cpu_row_cap(row_memory(model, x[:1])) < 512

@@ -18,13 +18,16 @@ Targets, each printed PASS/FAIL (exit 1 on any FAIL):
   background (FIELD_NOTES' setting), same features, at 8×8 (printed with the most any method could gain:
   shap's time ÷ the time of the model evaluations alone);
 - every xaudit method's wall time ≤ 1.3 × its evaluations × the batched time of one model evaluation (the
-  model alone at its fastest batch size, re-timed next to every repeat: see ``EvalClock``);
+  model alone at its fastest batch size among those the call has rows for — 256 samples of a one-row method
+  cannot be batched by 512 — re-timed next to every repeat: see ``EvalClock``; a backward evaluation is timed
+  as forward + input-backward, a forward-only one as a forward);
 - IG with 128 steps on 2,000 inputs of 32×32 stays under 1 GiB peak RSS at the default memory budget. Naive
   captum (no ``internal_batch_size``) is only run on 20 inputs and extrapolated linearly; at full size it
   needs tens of GiB (FIELD_NOTES: killed at 24 GiB). These run in fresh child processes, next to
   ``_memory.py``'s predicted peak (``Explainer.predict_cost``) for IG and for ``shap_kernel``.
 
-Run: ``python tests/benchmarks/bench_explain.py [--threads 1] [--repeats 9] [--epochs 4]`` (4-5 minutes on
+Run: ``python tests/benchmarks/bench_explain.py [--threads 1] [--repeats 9] [--epochs 4] [--subjects cnn8 cnn32 gru]
+[--methods saliency lime ...] [--skip-memory]`` (4-5 minutes for everything on
 2 cores). One torch thread (and one BLAS thread) by default, for both sides: on a shared 2-core machine two
 threads make every small model call wait on the other core. Timing targets need a quiet machine: the load
 average is printed at the start and the end.
@@ -330,10 +333,13 @@ class EvalClock:
     runs them. Timed again next to every repeat of a method, so a change in machine load hits the method
     and its bound alike."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, repeats: int = 5) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, repeats: int = 5, max_rows: int = 512) -> None:
         self.model = model
         best = math.inf
-        for rows in (64, 128, 256, 512):  # the model's best batch: xaudit's CPU calls take 64-512 rows
+        # the model's best batch among those the call could fill: xaudit's CPU calls take 64-512 rows, and a
+        # call with fewer rows in all (256 samples, one row each) cannot batch more than it has
+        sizes = [rows for rows in (64, 128, 256, 512) if rows <= max_rows] or [max_rows]
+        for rows in sizes:
             self.batch = x[torch.arange(rows) % len(x)].clone()
             per_row = statistics.median(sum(self()) for _ in range(repeats))
             if per_row < best:
@@ -360,13 +366,14 @@ class Row:
     vs_direct: list[float] = dataclasses.field(default_factory=list)  # per repeat: xaudit ÷ direct
     vs_bound: list[float] = dataclasses.field(default_factory=list)  # per repeat: xaudit ÷ evaluation bound
     bounds: list[float] = dataclasses.field(default_factory=list)  # per repeat: evaluations × batched time, s
+    batch_rows: int = 0  # the batch the bound's evaluation time was measured at
 
     @staticmethod
     def median(values: list[float]) -> float:
         return statistics.median(values) if values else math.nan
 
 
-def measure_method(s: Subject, name: str, repeats: int, clock: EvalClock) -> Row:
+def measure_method(s: Subject, name: str, repeats: int, clocks: dict[int, EvalClock]) -> Row:
     """Both sides of one method on one subject: a warm-up, one call each on a trimmed heap for peak RSS and
     the attributions scored, then ``repeats`` timed calls each, interleaved, alternating which goes first."""
     cls = xe.get_explainer(name)
@@ -394,6 +401,13 @@ def measure_method(s: Subject, name: str, repeats: int, clock: EvalClock) -> Row
     def run_theirs(model: nn.Module = s.model, k: int = n) -> torch.Tensor:
         return call(s, model, x[:k], t[:k])
 
+    # the bound's batch: at most the rows the call has in all (n samples × rows per sample)
+    max_rows = n * explainer.counts_for(tuple(x.shape[1:]))[0]
+    cap = max((r for r in (64, 128, 256, 512) if r <= max_rows), default=max_rows)
+    if cap not in clocks:
+        clocks[cap] = EvalClock(s.model, s.x, max_rows=cap)
+    clock = clocks[cap]
+    row.batch_rows = clock.rows
     explainer.explain(x[:2], t[:2], seed=0)  # first-call overheads; the direct side's evaluations counted here
     exp, _ = _peak(run_ours)
     ours.peak_bytes, ours.attributions = exp.cost.peak_rss_bytes, exp.attributions
@@ -489,7 +503,7 @@ def print_table(s: Subject, rows: list[Row], skipped: dict[str, str], clock: Eva
           f"forward {fwd * 1e6:.1f} µs/row, forward+input-backward {fb * 1e6:.1f} µs/row)\n")
     print("| method | n | direct call | direct ms/sample | xaudit ms/sample | xaudit ÷ direct | evals/sample direct "
           "(fwd+bwd) | evals/sample xaudit (fwd+bwd) | peak RSS MiB direct | peak RSS MiB xaudit | deletion AUC "
-          "direct | deletion AUC xaudit | xaudit ÷ eval bound |")
+          "direct | deletion AUC xaudit | xaudit ÷ eval bound (bound's batch) |")
     print("|" + "---|" * 13)
     for r in rows:
         d, ours = r.direct, r.xaudit
@@ -498,7 +512,7 @@ def print_table(s: Subject, rows: list[Row], skipped: dict[str, str], clock: Eva
               f"| {_f(d.s_per_sample * 1e3 if d else math.nan, '.3f')} | {ours.s_per_sample * 1e3:.3f} "
               f"| {_f(r.median(r.vs_direct), '.2f')} | {d_evals} | {ours.evals[0]:.0f}+{ours.evals[1]:.0f} "
               f"| {_f(d.peak_bytes / MiB if d else math.nan, '.1f')} | {ours.peak_bytes / MiB:.1f} "
-              f"| {_f(d.auc if d else math.nan, '.3f')} | {ours.auc:.3f} | {r.median(r.vs_bound):.2f} |")
+              f"| {_f(d.auc if d else math.nan, '.3f')} | {ours.auc:.3f} | {r.median(r.vs_bound):.2f} ({r.batch_rows}) |")
     for name, reason in skipped.items():
         print(f"| {name} | — | unsupported: {reason} |" + " — |" * 10)
 
@@ -555,8 +569,8 @@ def memory_targets(mem: dict[str, dict[str, Any]]) -> list[Target]:
           "| — | — | — |")
     print(f"| xaudit shap_kernel, 200 coalitions × 10 centroids (row batch {kernel['row_batch']}) | {kernel['n']} "
           f"| {measured_predicted(kernel)} | {kernel['wall_s']:.1f} |")
-    print(f"\nThe prediction covers the rows in flight; the attributions returned are not in it: "
-          f"{ig['n'] * 32 * 32 * 4 / MiB:.1f} MiB for IG's inputs, held twice while the chunks are concatenated.")
+    print(f"\nThe prediction covers the rows in flight and the attributions returned "
+          f"({ig['n'] * 32 * 32 * 4 / MiB:.1f} MiB for IG's 2,000 inputs).")
     return [Target(f"IG 128 steps on 2,000 inputs of 32×32: peak RSS {ig['peak_rss_bytes'] / GiB:.3f} GiB (< 1 GiB; "
                    f"naive captum ≈ {naive_full / GiB:.1f} GiB estimated)", ig["peak_rss_bytes"] < GiB)]
 
@@ -572,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heavy-repeats", type=int, default=3, help="timed runs of the sampling methods")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--methods", nargs="*", default=None, help="a subset of the registered methods")
+    parser.add_argument("--subjects", nargs="*", default=list(SUBJECTS), choices=SUBJECTS,
+                        help="a subset of the subjects (default: all)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the child-process memory checks")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -587,11 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     print(f"# xaudit vs direct library calls — torch {torch.__version__}, {args.threads} torch/BLAS thread(s), "
           f"{os.cpu_count()} cores; load average at start {_load_average()}")
-    subjects = train_subjects(epochs=args.epochs)
+    subjects = train_subjects(epochs=args.epochs, which=tuple(args.subjects))
     methods = args.methods or list(xe.available_methods())
     targets: list[Target] = []
     for s in subjects:
-        clock = EvalClock(s.model, s.x)
+        clocks = {512: EvalClock(s.model, s.x)}
         rows, skipped = [], {}
         for name in methods:
             reason = xe.get_explainer(name)(s.model, **PARAMS.get(name, {})).unsupported_reason(tuple(s.x.shape[1:]))
@@ -599,11 +615,13 @@ def main(argv: list[str] | None = None) -> int:
                 skipped[name] = reason
                 continue
             repeats = args.repeats if name in CAPTUM_WRAPPED else args.heavy_repeats
-            rows.append(measure_method(s, name, repeats, clock))
-        print_table(s, rows, skipped, clock)
+            rows.append(measure_method(s, name, repeats, clocks))
+        print_table(s, rows, skipped, clocks[512])
         targets += row_targets(s, rows)
     if not args.skip_memory:
-        targets += memory_targets(memory_checks(subjects[1], args.threads))
+        wide = ([s for s in subjects if s.is_image and s.x.shape[-1] == 32]
+                or train_subjects(epochs=args.epochs, which=("cnn32",)))
+        targets += memory_targets(memory_checks(wide[0], args.threads))
     print("\n### Targets\n")
     for target in targets:
         print(f"- {'PASS' if target.passed else 'FAIL'}: {target.text}")

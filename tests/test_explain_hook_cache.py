@@ -1,0 +1,46 @@
+"""The hook-safe copy behind DeepLift and guided backprop is reused across calls, never stale."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xaudit.explain import explain
+from xaudit.explain._compat import cached_hook_safe_copy
+
+X = torch.rand(3, 1, 6, 6)
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).eval()
+
+
+def test_the_copy_is_reused_until_the_models_structure_changes() -> None:
+    model = _net()
+    first = cached_hook_safe_copy(model, X[:1], "deeplift")
+    assert cached_hook_safe_copy(model, X[:1], "deeplift") is first
+    assert cached_hook_safe_copy(model, X[:1], "guided_backprop") is not first  # per rule
+    assert not first[1].inplace and model[1].inplace  # fixed on the copy only
+    model[1] = nn.ReLU()
+    assert cached_hook_safe_copy(model, X[:1], "deeplift") is not first
+    model[3].weight = nn.Parameter(torch.zeros(4, 48))
+    assert cached_hook_safe_copy(model, X[:1], "deeplift")[3].weight is model[3].weight
+
+
+def test_new_parameter_values_reach_the_cached_copy() -> None:
+    model = _net()
+    for method in ("deeplift", "guided_backprop"):
+        before = explain(model, X, method=method, target=0).attributions
+        with torch.no_grad():
+            model[0].weight.mul_(-2.0)  # an in-place update, as an optimizer step or load_state_dict makes
+        after = explain(model, X, method=method, target=0).attributions
+        fresh = explain(_copy_of(model), X, method=method, target=0).attributions
+        assert not torch.allclose(before, after)
+        torch.testing.assert_close(after, fresh)
+
+
+def _copy_of(model: nn.Module) -> nn.Module:
+    clone = _net()
+    clone.load_state_dict(model.state_dict())
+    return clone
