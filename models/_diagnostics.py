@@ -177,6 +177,12 @@ class Diagnostics:
                 "shuffle": None if self.shuffle is None else self.shuffle.to_json(),
                 "summary": list(self.summary)}
 
+    def _repr_html_(self) -> str:
+        # imported on demand: models/ must not import reports/ at module level (models → explain → reports)
+        from xaudit.reports._notebook import diagnostics_html
+
+        return diagnostics_html(self)
+
 
 def _history_of(source: TrainResult | Sequence[EpochRecord] | None) -> tuple[EpochRecord, ...]:
     if source is None:

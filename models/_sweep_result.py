@@ -266,6 +266,12 @@ class SweepResult:
     input_shape: tuple[int, ...] = ()
     n_classes: int = 0
 
+    def _repr_html_(self) -> str:
+        # imported on demand: models/ must not import reports/ at module level (models → explain → reports)
+        from xaudit.reports._notebook import sweep_html
+
+        return sweep_html(self)
+
     def trials_at(self, point_index: int) -> tuple[TrialResult, ...]:
         return tuple(t for t in self.trials if t.point_index == point_index)
 

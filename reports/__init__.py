@@ -20,18 +20,30 @@ from ._sections import (
 )
 from ._subject import Subject
 
+# after ._sections, which may import ._audit at its end (DEFAULT_SECTIONS): importing ._audit first would
+# enter ._sections while ._audit is half-initialized
+from ._audit import AuditCheck, AuditResult, AuditSection, audit
+from ._audit_policy import Policy, PolicyCheck, load_policy
+
 __all__ = [
     "DEFAULT_SECTIONS",
     "AttributionSection",
+    "AuditCheck",
+    "AuditResult",
+    "AuditSection",
     "CostSection",
     "MethodResult",
     "ModelSection",
     "PerformanceSection",
+    "Policy",
+    "PolicyCheck",
     "Report",
     "ReportContext",
     "ReportFiles",
     "Section",
     "Subject",
+    "audit",
     "build_report",
+    "load_policy",
     "write_report",
 ]

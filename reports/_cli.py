@@ -29,6 +29,7 @@ from xaudit.models._errors import XauditError
 
 from ._atomic import atomic_write, atomic_write_text, prepare_out_dir, prepare_out_file, remove_created_dirs
 from ._build import (
+    ReportContext,
     background_samples,
     compute_context,
     compute_metrics,
@@ -114,13 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "built-in cnn on digits, written to xaudit-report/.")
     report.add_argument("--out", default="xaudit-report", metavar="DIR",
                         help="directory for report.html and report.json (default: xaudit-report)")
-    report.add_argument("--methods", metavar="A,B",
-                        help=f"comma-separated explanation methods (default: all of {methods})")
-    report.add_argument("--n-explain", type=_positive_int, default=32, metavar="N",
-                        help="how many test samples to explain and measure (default: 32)")
-    report.add_argument("--quality", choices=QUALITY_MODES, default="full",
-                        help="score the explanations: full (faithfulness, sanity checks, stability, the cost/quality "
-                             "frontier), fast (deletion and insertion AUC only) or none (default: full)")
+    add_report_options(report)
     report.set_defaults(run=_run_report)
 
     train = commands.add_parser(
@@ -142,10 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="explain N seeded test samples (default: all test samples)")
     explain.set_defaults(run=_run_explain)
 
-    from ._cli_sweep import add_sweep_parser  # _cli_sweep reuses this module's helpers
+    from ._cli_audit import add_audit_parser  # _cli_audit and _cli_sweep reuse this module's helpers
+    from ._cli_sweep import add_sweep_parser
 
     add_sweep_parser(commands)
+    add_audit_parser(commands, common)
     return parser
+
+
+def add_report_options(parser: argparse.ArgumentParser) -> None:
+    """What a report computes (``report`` and ``audit``): --methods, --n-explain and --quality."""
+    parser.add_argument("--methods", metavar="A,B",
+                        help=f"comma-separated explanation methods (default: all of {', '.join(available_methods())})")
+    parser.add_argument("--n-explain", type=_positive_int, default=32, metavar="N",
+                        help="how many test samples to explain and measure (default: 32)")
+    parser.add_argument("--quality", choices=QUALITY_MODES, default="full",
+                        help="score the explanations: full (faithfulness, sanity checks, stability, the cost/quality "
+                             "frontier), fast (deletion and insertion AUC only) or none (default: full)")
 
 
 def _printer(quiet: bool) -> Progress | None:
@@ -178,18 +186,22 @@ def _run_report(args: argparse.Namespace) -> int:
     progress = _printer(args.quiet)
     created = prepare_out_dir(args.out)
     with _cleanup_on_failure(created):
-        names = resolve_methods(args.methods)
-        device = resolve_device(args.device)
-        subject = _subject(args, progress)
-        ctx = compute_context(subject, names, n_explain=args.n_explain, seed=args.seed, device=device,
-                              progress=progress, memory_budget=parse_bytes(args.memory_budget),
-                              quality=args.quality)
+        ctx = report_context(args, progress)
         if progress:
             progress("rendering the report")
         files = write_report(Report.from_context(ctx), args.out)
     if progress:
         progress(f"wrote {files.html} and {files.json}")
     return 0
+
+
+def report_context(args: argparse.Namespace, progress: Progress | None) -> ReportContext:
+    """Train or load the model and compute everything a report shows, from ``report``/``audit`` options."""
+    names = resolve_methods(args.methods)
+    device = resolve_device(args.device)
+    subject = _subject(args, progress)
+    return compute_context(subject, names, n_explain=args.n_explain, seed=args.seed, device=device,
+                           progress=progress, memory_budget=parse_bytes(args.memory_budget), quality=args.quality)
 
 
 def _run_train(args: argparse.Namespace) -> int:

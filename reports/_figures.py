@@ -119,17 +119,22 @@ def _draw_series(ax: Axes, x: np.ndarray, a: np.ndarray | None, signed: bool) ->
 
 
 def _draw_matrix(ax: Axes, x: np.ndarray, a: np.ndarray | None, signed: bool) -> None:
-    """A multi-feature T×F sequence as a heatmap with time on the x axis (the input itself when ``a`` is None)."""
+    """A multi-feature T×F sequence as a heatmap, time steps left to right, features top to bottom.
+
+    With ``a`` None the input itself is drawn in gray; otherwise the attribution, on the colour scale of
+    :func:`_limits`. :func:`sample_grid` stacks the two, input above, so each time step lines up.
+    """
     import seaborn as sns
 
     if a is None:
         sns.heatmap(x.T, ax=ax, cmap="gray", cbar=False, xticklabels=False, yticklabels=False)
+        ax.set_ylabel("feature\n(input)", fontsize=7)
     else:
         low, high = _limits(a, signed)
         sns.heatmap(a.T, ax=ax, cmap=SIGNED_CMAP if signed else UNSIGNED_CMAP, vmin=low, vmax=high,
                     center=0.0 if signed else None, cbar=False, xticklabels=False, yticklabels=False)
-    ax.set_xlabel("time step")
-    ax.set_ylabel("feature")
+        ax.set_ylabel("feature\n(attribution)", fontsize=7)
+    ax.set_xlabel("time step", fontsize=7)
 
 
 def sample_layout(sample_shape: Sequence[int]) -> str:
@@ -145,7 +150,8 @@ _WIDTH = {"image": 1.0, "series": 1.6, "matrix": 1.2}
 
 def sample_grid(inputs: np.ndarray, attributions: np.ndarray | None, titles: Sequence[str], *,
                 signed: bool = True) -> str:
-    """One row of samples: the inputs alone (``attributions=None``) or with their attributions.
+    """One row of samples: the inputs alone (``attributions=None``) or with their attributions (T×F sequences:
+    two rows, the input above the time step × feature heatmap of its attribution).
 
     Each sample's colour scale is its own (divided by its largest |attribution|), so maps compare in
     shape, not in magnitude across samples; the colour bar says so.
@@ -157,16 +163,25 @@ def sample_grid(inputs: np.ndarray, attributions: np.ndarray | None, titles: Seq
     draw = _DRAW[layout]
     n = len(inputs)
     width = CELL_INCHES * _WIDTH[layout]
+    # T×F sequences get two rows, the input above its attribution heatmap, so a time step lines up in both
+    stacked = layout == "matrix" and attributions is not None
     with _style():
-        fig = _new_figure(width * n + (1.0 if attributions is not None else 0.2), CELL_INCHES + 0.4)
-        axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)[0])
-        for i, ax in enumerate(axes):
-            draw(ax, inputs[i], None if attributions is None else attributions[i], signed)
-            ax.set_title(titles[i], fontsize=8)
+        fig = _new_figure(width * n + (1.0 if attributions is not None else 0.2),
+                          CELL_INCHES * (1.8 if stacked else 1.0) + 0.4)
+        grid = fig.subplots(2 if stacked else 1, n, squeeze=False)
+        for i in range(n):
+            if stacked:
+                draw(grid[0][i], inputs[i], None, signed)
+                grid[0][i].set_xlabel("")
+            draw(grid[-1][i], inputs[i], None if attributions is None else attributions[i], signed)
+            grid[0][i].set_title(titles[i], fontsize=8)
+            if i and layout == "matrix":
+                for ax in grid[:, i]:
+                    ax.set_ylabel("")
         if attributions is not None:
             norm = Normalize(-1.0, 1.0) if signed else Normalize(0.0, 1.0)
             bar = fig.colorbar(ScalarMappable(norm=norm, cmap=SIGNED_CMAP if signed else UNSIGNED_CMAP),
-                               ax=list(axes), shrink=0.85, pad=0.02)
+                               ax=list(grid.ravel()), shrink=0.85, pad=0.02)
             bar.set_label("attribution ÷ max |attr.|\n(per sample)", fontsize=7)
             bar.ax.tick_params(labelsize=7)
         return to_data_uri(fig)

@@ -1,9 +1,10 @@
 """The report object: JSON from the sections, HTML rendered from it, both written atomically.
 
 The HTML is one self-contained file: figures are base64 PNG ``data:`` URIs, the CSS is inline, fonts are
-the system's, and there is no script, link, import or web address of any kind, so the page opens offline
-in any browser years later (the reports of other tools broke on widgets and CDNs: captum #1192,
-deepchecks #1654).
+the system's, one short inline script sorts tables and shows one method page at a time (without it every
+page shows), and there is no link, import or web address of any kind; a Content-Security-Policy forbids
+loading anything. So the page opens offline in any browser years later (the reports of other tools broke
+on widgets and CDNs: captum #1192, deepchecks #1654).
 """
 
 from __future__ import annotations
@@ -84,12 +85,17 @@ class Report:
 
     @classmethod
     def from_context(cls, ctx: ReportContext, sections: Sequence[Section] | None = None) -> Report:
-        """Assemble report.json from each section's part."""
+        """Assemble report.json from each section's part; a section with ``needs_report = True`` (the audit,
+        the summary) also receives the content assembled before it: ``json_part(ctx, content)``."""
         sections = tuple(DEFAULT_SECTIONS if sections is None else sections)
         content: dict[str, Any] = {"xaudit_version": xaudit_version(), "generated_utc": ctx.created_utc,
                                    "seed": ctx.seed, "sections": [s.id for s in sections]}
         for section in sections:
-            part = section.json_part(ctx)
+            if getattr(section, "needs_report", False):
+                # a plain-JSON copy: what the section reads is exactly what report.json will hold
+                part = section.json_part(ctx, json_safe(content))  # type: ignore[call-arg]
+            else:
+                part = section.json_part(ctx)
             clash = sorted(content.keys() & part.keys())
             if clash:
                 raise ValueError(f"section {section.id!r} writes report.json keys {clash} that are already set")

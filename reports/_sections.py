@@ -19,7 +19,9 @@ from markupsafe import Markup
 from xaudit.explain._cost import ESTIMATED_WATTS_PER_CORE
 
 from . import _figures
-from ._build import ReportContext
+from ._build import MethodResult, ReportContext
+from ._model_card import model_card
+from ._runtime import _version
 from ._subject import describe_subject
 
 #: Samples drawn per method in the attribution figures (all explained samples are measured).
@@ -32,6 +34,8 @@ class Section:
     id: ClassVar[str] = ""
     title: ClassVar[str] = ""
     template: ClassVar[str] = ""
+    #: Shown at the top of the page whatever its place in the list (the summary is computed last).
+    render_first: ClassVar[bool] = False
 
     def json_part(self, ctx: ReportContext) -> dict[str, Any]:
         """This section's top-level entries of report.json (plain JSON values only)."""
@@ -52,14 +56,15 @@ class Section:
 
 
 class ModelSection(Section):
-    """What is audited: architecture, size, input layout, classes, where the weights came from, how trained."""
+    """What is audited, as a model card: architecture and layers, size, input layout, classes, data and splits,
+    training recipe and epochs, where the weights came from, intended use and limitations."""
 
     id = "model"
     title = "Model and data"
     template = "model.html.j2"
 
     def json_part(self, ctx: ReportContext) -> dict[str, Any]:
-        return describe_subject(ctx.subject)
+        return {**describe_subject(ctx.subject), **model_card(ctx.subject, len(ctx.indices))}
 
 
 class PerformanceSection(Section):
@@ -87,10 +92,12 @@ def _figure_title(index: int, label: str, prediction: str) -> str:
 
 
 class AttributionSection(Section):
-    """A few explained test samples per method: overlays for images, per-time-step plots for sequences."""
+    """One page per method: its paper and settings, cost per sample, quality numbers and sanity verdict in
+    words, and a gallery of explained test samples (overlays for images, per-time-step heatmaps for
+    sequences), or the reason it could not run. The pages render from the ``methods`` entries of report.json."""
 
     id = "attributions"
-    title = "Attribution examples"
+    title = "Explanation methods"
     template = "attributions.html.j2"
 
     def json_part(self, ctx: ReportContext) -> dict[str, Any]:
@@ -113,20 +120,30 @@ class AttributionSection(Section):
         titles = [_figure_title(i, lab, pred) for i, lab, pred in
                   zip(examples["test_indices"], examples["label_names"], examples["prediction_names"])][:shown]
         inputs = ctx.subject.dataset.x_test[ctx.indices[:shown]].numpy()
-        figures = []
+        galleries: dict[str, dict[str, Any]] = {}
         for result in ctx.methods:
             if result.explanation is None:
                 continue
             attributions = result.explanation.attributions[:shown].numpy()
             # signedness is read from the values: methods do not declare it, and abs-valued variants exist
             signed = bool((attributions < 0).any())
-            figures.append({"name": result.name, "family": result.family, "paper": result.paper,
-                            "signed": signed, "config": dict(result.explanation.config),
-                            "uri": _figures.sample_grid(inputs, attributions, titles, signed=signed)})
-        return {"inputs_uri": _figures.sample_grid(inputs, None, titles), "figures": figures,
-                "unsupported": [r for r in ctx.methods if r.explanation is None],
+            galleries[result.name] = {"signed": signed,
+                                      "uri": _figures.sample_grid(inputs, attributions, titles, signed=signed)}
+        # one page per method: its report.json entry (cost, quality, verdict) next to its gallery
+        entries = report.get("methods") or [_method_entry(r) for r in ctx.methods]  # no cost section: bare entries
+        pages = [{"m": m, "gallery": galleries.get(m["name"])} for m in entries]
+        return {"inputs_uri": _figures.sample_grid(inputs, None, titles), "pages": pages,
+                "random_map": report.get("random_map"),
                 "rows": list(zip(examples["test_indices"], examples["label_names"],
                                  examples["prediction_names"]))[:shown]}
+
+
+def _method_entry(result: MethodResult) -> dict[str, Any]:
+    """A method's report.json entry without its cost (:class:`CostSection` adds that)."""
+    exp = result.explanation
+    return {"name": result.name, "family": result.family, "paper": result.paper, "supported": result.supported,
+            "reason": result.reason, "capabilities": dict(result.capabilities),
+            "config": None if exp is None else dict(exp.config), "quality": dict(result.quality)}
 
 
 def _memory_note(sources: set[str]) -> str:
@@ -148,16 +165,13 @@ class CostSection(Section):
     def json_part(self, ctx: ReportContext) -> dict[str, Any]:
         methods = []
         for result in ctx.methods:
-            entry: dict[str, Any] = {"name": result.name, "family": result.family, "paper": result.paper,
-                                     "supported": result.supported, "reason": result.reason,
-                                     "capabilities": dict(result.capabilities)}
+            entry = _method_entry(result)
             exp = result.explanation
             if exp is None:
-                entry.update(config=None, n_samples=0, fit_wall_s=None, cost=None)
+                entry.update(n_samples=0, fit_wall_s=None, cost=None)
             else:
-                entry.update(config=dict(exp.config), n_samples=len(exp), fit_wall_s=result.fit_wall_s,
-                             plan=dict(exp.plan), cost=exp.cost.per_sample())
-            entry["quality"] = dict(result.quality)
+                entry.update(n_samples=len(exp), fit_wall_s=result.fit_wall_s, plan=dict(exp.plan),
+                             cost=exp.cost.per_sample())
             methods.append(entry)
         costs = [m["cost"] for m in methods if m["cost"]]
         energy_sources = sorted({c["energy_source"] for c in costs})
@@ -171,8 +185,26 @@ class CostSection(Section):
             "flops": "forward + input-gradient backward FLOPs of one sample × the counted model evaluations",
             "energy_sources": energy_sources,
             "watts_per_core_estimate": ESTIMATED_WATTS_PER_CORE if "estimate" in energy_sources else None,
+            "figures": {"matplotlib": _version("matplotlib"), "seaborn": _version("seaborn"),
+                        "jinja2": _version("jinja2"), "dpi": _figures.DPI,
+                        "how": "drawn headless with matplotlib's Agg canvas and embedded as base64 PNG data: URIs"},
         }
         return {"methods": methods, "measurement": measurement}
+
+
+class MeasurementSection(Section):
+    """How every figure of the report was measured: machine, OS, device, versions, timing, memory and energy.
+
+    It writes no report.json key of its own: it renders the ``measurement`` object :class:`CostSection`
+    writes, and the quality metrics' settings, in one place.
+    """
+
+    id = "measurement"
+    title = "How each figure was measured"
+    template = "measurement.html.j2"
+
+    def json_part(self, ctx: ReportContext) -> dict[str, Any]:
+        return {}
 
 
 def format_number(value: float | None, unit: str = "", *, scale: float = 1.0, digits: int = 3) -> str:
@@ -195,11 +227,14 @@ def format_bytes(value: float | None) -> str:
     return f"{int(value)} B"
 
 
-# imported here, not at the top: the quality sections subclass Section, defined above
+# imported here, not at the top: these sections subclass Section, defined above
 from ._overfit_section import OverfittingSection  # noqa: E402
 from ._quality_sections import FrontierSection, QualitySection, SampleCurveSection  # noqa: E402
+from ._summary_section import SummarySection  # noqa: E402
+from ._audit import AuditSection  # noqa: E402
 
-DEFAULT_SECTIONS: tuple[Section, ...] = (ModelSection(), PerformanceSection(), OverfittingSection(),
-                                         AttributionSection(), CostSection(), QualitySection(), FrontierSection(),
-                                         SampleCurveSection())
-"""The sections of a standard report, in page order."""
+DEFAULT_SECTIONS: tuple[Section, ...] = (ModelSection(), PerformanceSection(), OverfittingSection(), CostSection(),
+                                         QualitySection(), FrontierSection(), SampleCurveSection(),
+                                         AttributionSection(), MeasurementSection(), AuditSection(), SummarySection())
+"""The sections of a standard report, in page order; the summary reads all the others, so it comes last in the
+list and is drawn first on the page (``render_first``)."""

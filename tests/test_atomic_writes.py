@@ -261,11 +261,3 @@ def test_written_files_get_the_permissions_of_a_plain_open(tmp_path: Path) -> No
     finally:
         os.umask(mask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
-
-
-def test_models_do_not_import_reports() -> None:
-    # the atomic writers live in models/ so that model files and caches can use them without this import
-    offenders = [p.name for p in Path(atomic_module.__file__).parent.glob("*.py")
-                 if any(line.lstrip().startswith(("from xaudit.reports", "import xaudit.reports", "from ..reports"))
-                        for line in p.read_text(encoding="utf-8").splitlines())]
-    assert offenders == []

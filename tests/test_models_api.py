@@ -27,7 +27,12 @@ def test_all_is_exactly_the_public_names():
 def test_no_imports_from_explain_or_reports():
     for path in PACKAGE.glob("*.py"):
         tree = ast.parse(path.read_text())
+        # the one exception: a result's _repr_html_ imports the notebook renderer when a notebook asks for it
+        display = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "_repr_html_"
+                   for n in ast.walk(f) if isinstance(n, ast.ImportFrom) and n.module == "xaudit.reports._notebook"}
         for node in ast.walk(tree):
+            if id(node) in display:
+                continue
             if isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             elif isinstance(node, ast.Import):

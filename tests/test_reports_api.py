@@ -60,7 +60,8 @@ def test_image_report_contract(image_report: Report, tmp_path: Path) -> None:
     files = image_report.write(tmp_path / "out")
     html = files.html.read_text(encoding="utf-8")
     assert_self_contained(html)
-    assert html.count("data:image/png;base64,") == 1 + len(FAST)  # no history, so no curves: inputs + methods
+    # no history, so no curves: the inputs, one figure per method and the overfitting section's reliability diagram
+    assert html.count("data:image/png;base64,") == 1 + len(FAST) + 1
     assert json.loads(files.json.read_text(encoding="utf-8")) == report
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html", "report.json"]  # no temp files
 

@@ -1,0 +1,339 @@
+"""The audit gate: a policy's checks evaluated on report.json, with a table, JUnit XML and report.json's ``audit``.
+
+Rules the evaluation follows (so CI never passes by accident):
+
+* a value that was not measured (null in report.json, an empty ``quality`` because of ``--quality none``, a
+  metric that does not apply to the method) fails its check with a "not measured" note;
+* a method the policy names that this report did not run fails its check ("not run"): a policy that names
+  a method requires it, so dropping it from ``--methods`` cannot turn a failing gate green;
+* a method that ran but cannot explain this model (``supported: false``) is skipped with its reason, as is
+  every other list entry with ``supported: false``; skipped checks do not fail the audit;
+* an audit in which no check could be evaluated fails;
+* a path that names nothing in report.json (a typo), a number check on a non-number, or a method name that
+  is not registered is a mistake in the policy: an :class:`XauditError` (``xaudit: error: ...``, exit 2).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from markupsafe import Markup
+
+from xaudit.explain import available_methods, available_metrics, quality_json
+from xaudit.models._errors import XauditError, did_you_mean
+
+from ._audit_policy import RULES, Policy, PolicyCheck, Step, Threshold, load_policy
+from ._sections import Section
+
+if TYPE_CHECKING:
+    from ._build import ReportContext
+    from ._report import Report
+
+# Only ._sections (for the base class) is imported from this package at module level, so ._sections may
+# import this module at its end to list AuditSection in DEFAULT_SECTIONS without an import cycle.
+
+PolicyLike = Policy | str | os.PathLike[str] | None
+STATUSES = ("passed", "failed", "skipped")
+
+
+@functools.lru_cache(maxsize=1)
+def _measured_keys() -> frozenset[str]:
+    """Keys report.json writes only once they are measured: every quality metric and the per-method quality
+    entries (``--quality fast`` or ``none`` leaves them out), so their absence means "not measured", not a typo."""
+    return frozenset(available_metrics()) | frozenset(quality_json({})) | {"metric_samples", "failed_metrics"}
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """One evaluated check. ``passed`` is False only for a check that fails the audit (a skipped check does not);
+    ``status`` says passed, failed or skipped; ``value`` is None when it was not measured; ``path`` is the
+    report.json path with wildcards resolved; ``note`` says why a check failed or was skipped."""
+
+    name: str
+    value: Any
+    threshold: Threshold
+    passed: bool
+    rule: str
+    path: str
+    status: str
+    note: str = ""
+    why: str = ""
+
+    @property
+    def threshold_text(self) -> str:
+        return f"{RULES[self.rule]} {format_value(self.threshold)}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "threshold": self.threshold, "rule": self.rule,
+                "op": RULES[self.rule], "passed": self.passed, "status": self.status, "path": self.path,
+                "note": self.note, "why": self.why}
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """The outcome of :func:`audit`: every check in policy order (wildcards expanded), and whether the audit passed."""
+
+    policy: Policy
+    checks: tuple[AuditCheck, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks) and any(c.status != "skipped" for c in self.checks)
+
+    def count(self, status: str) -> int:
+        return sum(c.status == status for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        """report.json's ``audit`` entry."""
+        return {"passed": self.passed, "policy": self.policy.name, "policy_source": self.policy.source,
+                **{f"n_{s}": self.count(s) for s in STATUSES}, "checks": [c.to_json() for c in self.checks]}
+
+    def verdict(self) -> str:
+        counts = ", ".join(f"{self.count(s)} {s}" for s in STATUSES)
+        if not any(c.status != "skipped" for c in self.checks):
+            return f"audit FAILED: no check could be evaluated ({counts})"
+        return f"audit {'passed' if self.passed else 'FAILED'}: {counts}"
+
+    def table(self) -> str:
+        """The pass/fail table ``xaudit audit`` prints: one row per check, then the verdict."""
+        rows = [("result", "check", "value", "threshold", "note")]
+        rows += [(c.status[:4].upper(), c.name, format_value(c.value), c.threshold_text,
+                  f"{c.note}: {c.why}" if c.why and c.status == "failed" else c.note) for c in self.checks]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [f"xaudit audit: policy {self.policy.name!r} ({self.policy.source})"]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4] for row in rows]
+        lines.append(self.verdict())
+        return "\n".join(line.rstrip() for line in lines) + "\n"
+
+    def to_junit_xml(self) -> str:
+        """JUnit XML for CI systems: one ``<testcase>`` per check, ``<failure>`` (value against threshold) for
+        failed ones, ``<skipped>`` with the reason for skipped ones."""
+        counts = {"tests": str(len(self.checks)), "failures": str(self.count("failed")), "errors": "0",
+                  "skipped": str(self.count("skipped"))}
+        suites = ET.Element("testsuites", name="xaudit audit", **counts)
+        suite = ET.SubElement(suites, "testsuite", name=f"xaudit audit: {self.policy.name}", time="0", **counts)
+        props = ET.SubElement(suite, "properties")
+        ET.SubElement(props, "property", name="policy_source", value=self.policy.source)
+        classname = "xaudit.audit." + "_".join(self.policy.name.split())
+        for check in self.checks:
+            case = ET.SubElement(suite, "testcase", classname=classname, name=check.name, time="0")
+            detail = f"{check.path} = {format_value(check.value)}; threshold {check.threshold_text}"
+            if check.status == "failed":
+                failure = ET.SubElement(case, "failure", type="threshold", message=_failure_message(check))
+                failure.text = detail + (f"\nwhy: {check.why}" if check.why else "")
+            elif check.status == "skipped":
+                ET.SubElement(case, "skipped", message=check.note)
+            else:
+                ET.SubElement(case, "system-out").text = detail
+        ET.indent(suites)
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+    def _repr_html_(self) -> str:
+        from ._notebook import fragment
+        from ._report import _environment
+
+        body = _environment().get_template("audit.html.j2").render(report={"audit": self.to_json()})
+        return fragment(Markup('<div class="xaudit-report"><h3>Audit</h3>{}</div>').format(Markup(body)))  # noqa: S704
+
+
+def format_value(value: Any) -> str:
+    """A value as the table and JUnit show it: 4 significant digits, true/false, "-" for not measured."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _failure_message(check: AuditCheck) -> str:
+    if check.value is None:
+        return check.note
+    return f"{check.name}: {format_value(check.value)} is not {check.threshold_text}"
+
+
+def audit(report: Report | Mapping[str, Any], policy: PolicyLike = None) -> AuditResult:
+    """Evaluate ``policy`` (a :class:`Policy`, a policy file, or None for the default policy) on ``report``
+    (a :class:`Report` or report.json's content as a dict)."""
+    policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    content = report.json if hasattr(report, "json") and not isinstance(report, Mapping) else report
+    if not isinstance(content, Mapping):
+        raise XauditError(f"audit() needs a Report or report.json's content as a dict, got {type(report).__name__}")
+    checks: list[AuditCheck] = []
+    for check in policy.checks:
+        checks += _evaluate(check, content)
+    return AuditResult(policy=policy, checks=tuple(checks))
+
+
+@dataclass(frozen=True)
+class _Target:
+    path: str
+    labels: tuple[str, ...]
+    value: Any = None
+    missing: str = ""   # why the value is not there (a failure)
+    skipped: str = ""   # why the check does not apply (an unsupported method)
+
+
+def _evaluate(check: PolicyCheck, report: Mapping[str, Any]) -> list[AuditCheck]:
+    targets: list[_Target] = []
+    _walk(report, check.steps, "", (), check, targets)
+    out = []
+    for t in targets:
+        name = check.name + (f" [{', '.join(t.labels)}]" if t.labels else "")
+        common = {"name": name, "threshold": check.threshold, "rule": check.rule, "path": t.path, "why": check.why}
+        if t.skipped:
+            out.append(AuditCheck(value=None, passed=True, status="skipped", note=t.skipped, **common))
+            continue
+        value = None if isinstance(t.value, float) and not math.isfinite(t.value) else t.value
+        if value is None:
+            note = t.missing or f"not measured: {t.path} is null in report.json"
+            out.append(AuditCheck(value=None, passed=False, status="failed", note=note, **common))
+            continue
+        ok = _compare(check, t.path, value)
+        out.append(AuditCheck(value=value, passed=ok, status="passed" if ok else "failed",
+                              note="" if ok else f"{format_value(value)} is not {RULES[check.rule]} "
+                                                  f"{format_value(check.threshold)}", **common))
+    return out
+
+
+def _which(check: PolicyCheck) -> str:
+    """How errors name a check: its name, and its path when that differs."""
+    return f"policy check {check.name!r}" + ("" if check.name == check.value else f" (value {check.value!r})")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _compare(check: PolicyCheck, path: str, value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if check.rule == "equals":
+        if _kind(value) != _kind(check.threshold):
+            raise XauditError(f"{_which(check)}: {path} is {_kind(value)} ({format_value(value)}), but "
+                              f"equals = {format_value(check.threshold)} is {_kind(check.threshold)}: "
+                              "compare it with a value of the same kind")
+        return bool(value == check.threshold)
+    if not number:
+        hint = "use equals = true or false" if isinstance(value, bool) else "name a number inside it"
+        if isinstance(value, Mapping):
+            hint += f" ({', '.join(sorted(map(str, value)))})"
+        raise XauditError(f"{_which(check)}: {path} is {_kind(value)}, not a number, so "
+                          f"{check.rule} cannot compare it: {hint}")
+    return value >= check.threshold if check.rule == "min" else value <= check.threshold
+
+
+def _entry_name(entry: Any) -> str | None:
+    if isinstance(entry, Mapping):
+        for key in ("name", "method"):
+            if isinstance(entry.get(key), str):
+                return entry[key]
+    return None
+
+
+def _labels(entries: Sequence[Any]) -> list[str]:
+    """What names each expanded check: the entries' ``name``, ``method`` or ``budget``, the first that is
+    distinct across the list (recommendations repeat a method across budgets), else the position."""
+    for key in ("name", "method", "budget"):
+        values = [e.get(key) if isinstance(e, Mapping) else None for e in entries]
+        if all(isinstance(v, str) for v in values) and len(set(values)) == len(values):
+            return values
+    return [str(i) for i in range(len(entries))]
+
+
+def _walk(node: Any, steps: Sequence[Step], where: str, labels: tuple[str, ...], check: PolicyCheck,
+          out: list[_Target]) -> None:
+    """Follow ``steps`` from ``node``, appending one target per value reached (wildcards branch)."""
+    if not steps:
+        out.append(_Target(where, labels, node))
+        return
+    if node is None:
+        out.append(_Target(where, labels, missing=f"not measured: {where} is null in report.json"))
+        return
+    (kind, arg), rest = steps[0], steps[1:]
+    here = where or "report.json"
+    if kind == "key":
+        if not isinstance(node, Mapping):
+            raise XauditError(f"{_which(check)}: {here} is {_kind(node)}, not an object, so it has no "
+                              f"key {arg!r}: fix the path {check.value!r}")
+        if arg not in node:
+            if not node or arg in _measured_keys():
+                hint = " (quality metrics need --quality full or fast)" if arg in _measured_keys() else ""
+                out.append(_Target(f"{where}.{arg}" if where else arg, labels,
+                                   missing=f"not measured: {here} has no {arg!r}{hint}"))
+                return
+            raise XauditError(f"{_which(check)} names nothing in report.json: "
+                              + did_you_mean(f"key of {here}", arg, map(str, node)).args[0])
+        _walk(node[arg], rest, f"{where}.{arg}" if where else arg, labels, check, out)
+        return
+    if not isinstance(node, list):
+        raise XauditError(f"{_which(check)}: {here} is {_kind(node)}, not a list, so [{arg}] selects "
+                          f"nothing: fix the path {check.value!r}")
+    if arg == "*":
+        if not node:
+            out.append(_Target(f"{where}[*]", labels, missing=f"not measured: {here} is empty"))
+        for i, (entry, label) in enumerate(zip(node, _labels(node))):
+            selector = label if label == _entry_name(entry) else str(i)  # the path stays selectable
+            _enter(entry, rest, f"{where}[{selector}]", (*labels, label), check, out)
+        return
+    if arg.isdigit():
+        index = int(arg)
+        if index >= len(node):
+            out.append(_Target(f"{where}[{arg}]", labels,
+                               missing=f"not measured: {here} has {len(node)} entries, no [{arg}]"))
+        else:
+            _enter(node[index], rest, f"{where}[{arg}]", labels, check, out)
+        return
+    matches = [entry for entry in node if _entry_name(entry) == arg]
+    if not matches:
+        names = {n for n in map(_entry_name, node) if n}
+        if arg in available_methods():
+            out.append(_Target(f"{where}[{arg}]", labels,
+                               missing=f"not run: {arg} is not in this report's {here} (add it to --methods)"))
+            return
+        raise XauditError(f"{_which(check)} names nothing in report.json: "
+                          + did_you_mean(f"entry of {here}", arg, names | set(available_methods())).args[0])
+    _enter(matches[0], rest, f"{where}[{arg}]", labels, check, out)
+
+
+def _enter(entry: Any, steps: Sequence[Step], where: str, labels: tuple[str, ...], check: PolicyCheck,
+           out: list[_Target]) -> None:
+    if isinstance(entry, Mapping) and entry.get("supported") is False:
+        reason = entry.get("reason") or "not supported"
+        out.append(_Target(where, labels, skipped=f"{_entry_name(entry) or where} cannot run here: {reason}"))
+        return
+    _walk(entry, steps, where, labels, check, out)
+
+
+class AuditSection(Section):
+    """The audit: every check of a policy on the rest of report.json, as report.json's ``audit`` entry and a
+    pass/fail table. It reads the content assembled before it (``needs_report``), so it is listed after the
+    sections whose values it checks and before the summary, which reports its verdict."""
+
+    id = "audit"
+    title = "Audit"
+    template = "audit.html.j2"
+    needs_report = True
+
+    def __init__(self, policy: PolicyLike = None) -> None:
+        # None stays None (the default policy, read when the section runs) so that listing AuditSection() in
+        # DEFAULT_SECTIONS reads no file at import; a path is read and validated here, before any work
+        self.policy = None if policy is None else policy if isinstance(policy, Policy) else load_policy(policy)
+
+    def json_part(self, ctx: ReportContext, report: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        if report is None:
+            raise TypeError("AuditSection needs the report content assembled so far: Report.from_context passes it")
+        return {"audit": audit(report, self.policy).to_json()}
+
+    def __repr__(self) -> str:
+        return f"AuditSection(policy={'default' if self.policy is None else self.policy.source!r})"
