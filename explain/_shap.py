@@ -1,4 +1,5 @@
-"""The SHAP family on the common contract: gradient and DeepLIFT-style SHAP through the ``shap`` package.
+"""The SHAP family on the common contract: expected gradients (shap's GradientExplainer estimator, batched
+here) and DeepLIFT-style SHAP through the ``shap`` package.
 
 All four SHAP methods (these two and the batched Kernel/Partition estimators in ``_shap_fast``) share
 :class:`ShapExplainer`: background data is given once with :meth:`ShapExplainer.fit` and validated there.
@@ -109,15 +110,23 @@ def _probe(model: nn.Module, sample_shape: Sequence[int]) -> torch.Tensor:
 
 class ShapGradient(ShapExplainer):
     """Expected gradients: gradients at random points between the input and background samples, times the
-    difference (Erion et al. 2021; Lundberg & Lee 2017, SHAP), computed by ``shap.GradientExplainer``.
+    difference (Erion et al. 2021; Lundberg & Lee 2017, SHAP): ``shap.GradientExplainer``'s estimator.
 
-    Each sample is explained with the same random stream (``seed``), so a sample's attributions do not
-    depend on the batch it is in. Attributions sum to f(x) − E[f(background)] in expectation only.
+    shap builds each sample's ``nsamples`` interpolation points one at a time in a Python loop and calls the
+    model per sample, which made it the slowest method per model evaluation (4.8× the batched evaluation
+    time on the digits CNN). This class draws the same points (the background index and the interpolation
+    weight from numpy's legacy stream seeded with ``seed``, local-smoothing noise from torch's stream
+    seeded the same way, in shap's order), evaluates them ``row_batch`` rows at a time across samples, and
+    averages gradient × (x − background) in float64 as shap does, so the values equal
+    ``shap.GradientExplainer(...).shap_values(x, nsamples, rseed=seed)`` for the target class (tested).
+    Every sample uses the same draws, so a sample's attributions do not depend on the batch it is in.
+    Attributions sum to f(x) − E[f(background)] in expectation only.
     """
 
     name = "shap_gradient"
     paper = "Erion et al. 2021 (expected gradients); Lundberg & Lee 2017"
     is_stochastic = True
+    streams_rows = True
 
     def __init__(self, model: nn.Module, *, nsamples: int = 200, local_smoothing: float = 0.0) -> None:
         super().__init__(model)
@@ -137,26 +146,56 @@ class ShapGradient(ShapExplainer):
     def expected_evals(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
         return float(self.nsamples), float(self.nsamples)
 
+    def _draws(self, n_background: int, seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """shap's draws for one sample: (background index, interpolation weight) per point, in its order."""
+        rseed = int(np.random.randint(0, 1_000_000)) if seed is None else seed  # shap's own fallback
+        stream = np.random.RandomState(rseed)  # the stream np.random.seed(rseed) gives shap, kept private
+        index = np.empty(self.nsamples, dtype=np.int64)
+        weight = np.empty(self.nsamples, dtype=np.float64)
+        for k in range(self.nsamples):  # interleaved as shap draws them: choice, then uniform
+            index[k] = stream.choice(n_background)
+            weight[k] = stream.uniform()
+        return torch.from_numpy(index), torch.from_numpy(weight)
+
+    def _noise(self, shape: Sequence[int], n_rows: int, ctx: CallContext) -> torch.Tensor:
+        """Local-smoothing noise, one standard-normal draw per point in shap's order (``n_rows`` points)."""
+        devices = [ctx.device] if ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if ctx.seed is not None:
+                torch.manual_seed(ctx.seed)
+            # one small draw per point, as shap makes them: a single large draw would give other numbers
+            return torch.stack([torch.empty(tuple(shape), device=ctx.device).normal_() for _ in range(n_rows)])
+
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> torch.Tensor:
-        import shap
-
         background = self._background_for(inputs)
-        head = _TargetLogit(model)
-        explainer = shap.GradientExplainer(head, background, batch_size=max(1, min(ctx.row_batch, self.nsamples)),
-                                           local_smoothing=self.local_smoothing)
-        rows = []
-        for x, target in zip(inputs.detach(), targets.tolist()):
-            head.target = int(target)
-            # shap reseeds numpy's global stream with rseed (the base class restores it after the call);
-            # local smoothing draws from torch's, which we reseed per sample for batch invariance.
-            devices = [ctx.device] if ctx.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                if ctx.seed is not None:
-                    torch.manual_seed(ctx.seed)
-                phi = explainer.shap_values(x[None], nsamples=self.nsamples, rseed=ctx.seed)
-            rows.append(torch.as_tensor(np.asarray(phi)).reshape(x.shape))
-        return torch.stack(rows).to(inputs.device, inputs.dtype)
+        ns, shape = self.nsamples, inputs.shape[1:]
+        index, weight = self._draws(background.shape[0], ctx.seed)
+        index = index.to(inputs.device)
+        # shap multiplies float32 tensors by float64 scalars t and 1 - t: each is rounded to float32 once
+        lead = (-1, *[1] * len(shape))
+        t_all = weight.to(inputs.device, inputs.dtype).view(lead)
+        u_all = (1 - weight).to(inputs.device, inputs.dtype).view(lead)
+        noise = None
+        if self.local_smoothing > 0:
+            # with a seed every sample is reseeded (batch invariance); without one the stream runs on
+            noise = (self._noise(shape, ns, ctx) if ctx.seed is not None
+                     else self._noise(shape, ns * len(inputs), ctx).view(len(inputs), ns, *shape))
+        x = inputs.detach()
+        total = torch.zeros(len(inputs), *shape, dtype=torch.float64, device=inputs.device)
+        n_rows = len(inputs) * ns
+        for start in range(0, n_rows, max(1, ctx.row_batch)):
+            rows = torch.arange(start, min(start + ctx.row_batch, n_rows), device=inputs.device)
+            j, k = rows // ns, rows % ns
+            xj = x[j]
+            if noise is not None:
+                xj = xj + (noise[k] if noise.dim() == len(shape) + 1 else noise[j, k]) * self.local_smoothing
+            ref = background[index[k]]
+            points = (t_all[k] * xj + u_all[k] * ref).requires_grad_(True)
+            out = model(points).gather(1, targets[j].view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(out, points)
+            total.index_add_(0, j, grad.double() * (xj - ref).double())
+        return (total / ns).to(inputs.dtype)
 
 
 class ShapDeep(ShapExplainer):

@@ -16,7 +16,7 @@ import shap
 import torch
 from torch import nn
 
-from xaudit.explain import explain, get_explainer
+from xaudit.explain import explain, get_explainer, row_memory
 from xaudit.explain._shap_estimators import grid_tree, kernel_budget, kernel_design
 from xaudit.explain._shap_fast import feature_layout
 from xaudit.models._errors import XauditError
@@ -322,12 +322,55 @@ def test_gradient_sums_to_the_output_difference_in_expectation() -> None:
     assert exp.cost.forward_evals == exp.cost.backward_evals == 3 * 3000  # one class, not all three
 
 
-def test_gradient_equals_shap_for_the_target_class_with_the_same_seed() -> None:
+class _OneLogit(nn.Module):
+    """The model's logit of one class, so shap explains one output as xaudit does (with local smoothing,
+    shap explaining every class draws new noise for each class: class c would see the c-th block of draws)."""
+
+    def __init__(self, model: nn.Module, target: int) -> None:
+        super().__init__()
+        self.model, self.target = model, target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, self.target:self.target + 1]
+
+
+@pytest.mark.parametrize("local_smoothing", [0.0, 0.1])
+def test_gradient_equals_shap_for_the_target_class_with_the_same_seed(local_smoothing: float) -> None:
+    # shap is the oracle: xaudit draws the same points (numpy's stream for index and weight, torch's for the
+    # noise, reseeded per sample) but evaluates them batched across samples
     model = mlp(8)
-    x, background = data(IMAGE, n=1)
-    ours = explain(model, x, "shap_gradient", 2, background=background, nsamples=50, seed=7).attributions
-    theirs = shap.GradientExplainer(model, background).shap_values(x, nsamples=50, rseed=7)  # all classes
-    np.testing.assert_allclose(ours[0].numpy(), theirs[0, ..., 2], rtol=1e-5, atol=1e-7)
+    x, background = data(IMAGE, n=4)
+    targets = torch.tensor([2, 0, 1, 2])
+    ours = explain(model, x, "shap_gradient", targets, background=background, nsamples=50, seed=7,
+                   local_smoothing=local_smoothing).attributions
+    for i, target in enumerate(targets.tolist()):
+        explainer = shap.GradientExplainer(_OneLogit(model, target), background, local_smoothing=local_smoothing)
+        torch.manual_seed(7)  # shap's noise comes from torch's global stream; xaudit reseeds it per sample
+        theirs = explainer.shap_values(x[i:i + 1], nsamples=50, rseed=7)
+        np.testing.assert_allclose(ours[i].numpy(), np.asarray(theirs).reshape(x[i].shape), rtol=1e-5, atol=1e-7)
+    if local_smoothing == 0:  # without noise, shap's all-class call gives the same numbers for the class
+        theirs = shap.GradientExplainer(model, background).shap_values(x[:1], nsamples=50, rseed=7)
+        np.testing.assert_allclose(ours[0].numpy(), theirs[0, ..., 2], rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_rows_split_across_model_calls_change_nothing() -> None:
+    model = mlp(8)
+    calls: list[int] = []
+    model.register_forward_hook(lambda _m, args, _out: calls.append(len(args[0])))
+    x, background = data(IMAGE, n=3)
+    method = get_explainer("shap_gradient")(model, nsamples=37).fit(background)
+    full = method.explain(x, 1, seed=3)
+    assert calls[-1] == 3 * 37  # every sample's points in one call (after one-row probes of the model)
+    memory = row_memory(model, x[:1])
+    budget = memory.fixed_bytes + 10 * memory.bytes_per_row  # about ten rows: a sample spans several calls
+    rows = method.predict_cost(x, memory_budget=budget).row_batch
+    assert 1 < rows < 37
+    calls.clear()
+    small = method.explain(x, 1, seed=3, memory_budget=budget)
+    n_calls = -(-3 * 37 // rows)
+    assert calls[-n_calls:] == [rows] * (n_calls - 1) + [3 * 37 - rows * (n_calls - 1)]
+    torch.testing.assert_close(small.attributions, full.attributions, rtol=1e-5, atol=1e-7)
+    assert small.cost.forward_evals == full.cost.forward_evals == 3 * 37
 
 
 # ------------------------------------------------------------------------------------------ configuration errors
