@@ -26,7 +26,7 @@ from xaudit.models._nets import model_kind
 
 from ._cost import Cost, CostMeter, EvalCounter
 from ._flops import flop_profile
-from ._memory import DEFAULT_MEMORY_BUDGET_BYTES, format_bytes, parse_bytes, row_memory, rows_for_budget
+from ._memory import DEFAULT_MEMORY_BUDGET_BYTES, parse_bytes, row_memory, rows_for_budget
 
 _REGISTRY: dict[str, type[Explainer]] = {}
 

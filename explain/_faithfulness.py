@@ -24,8 +24,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.metrics import infidelity as _captum_infidelity
-from captum.metrics import sensitivity_max as _captum_sensitivity_max
 from torch import nn
 
 from xaudit.models._errors import XauditError, did_you_mean
@@ -317,6 +315,8 @@ class Infidelity(QualityMetric, _RelativeNoise):
 
     def _compute(self, ctx: MetricContext, explanations: Sequence[Explanation],
                  explainer: Explainer | None) -> dict[str, Any]:
+        import captum.metrics  # on first use: captum is slow to import
+
         exp = explanations[0]
         x = exp.inputs.to(ctx.device)
         std = _noise_std(x, self.noise_scale)
@@ -328,7 +328,7 @@ class Infidelity(QualityMetric, _RelativeNoise):
         values = []
         for start in self._chunks(len(x)):
             sl = slice(start, start + max(1, self.batch_rows // self.n_perturb_samples))
-            values.append(_captum_infidelity(
+            values.append(captum.metrics.infidelity(
                 ctx.model, perturb, x[sl], exp.attributions[sl].to(ctx.device), target=exp.targets[sl].to(ctx.device),
                 n_perturb_samples=self.n_perturb_samples, normalize=self.normalize).cpu())
         v = torch.cat(values).double()
@@ -360,6 +360,8 @@ class MaxSensitivity(QualityMetric, _RelativeNoise):
 
     def _compute(self, ctx: MetricContext, explanations: Sequence[Explanation],
                  explainer: Explainer | None) -> dict[str, Any]:
+        import captum.metrics  # on first use: captum is slow to import
+
         exp = explanations[0]
         assert explainer is not None
         radius = _noise_std(exp.inputs, self.radius_scale)
@@ -380,7 +382,7 @@ class MaxSensitivity(QualityMetric, _RelativeNoise):
         values = []
         for start in self._chunks(len(exp.inputs)):
             sl = slice(start, start + max(1, self.batch_rows // self.n_perturb_samples))
-            values.append(_captum_sensitivity_max(explanation_func, exp.inputs[sl], perturb_func=perturb,
+            values.append(captum.metrics.sensitivity_max(explanation_func, exp.inputs[sl], perturb_func=perturb,
                                                   n_perturb_samples=self.n_perturb_samples,
                                                   target=exp.targets[sl]).cpu())
         v = torch.cat(values).double()

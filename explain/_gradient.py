@@ -1,4 +1,9 @@
-"""Gradient attribution methods computed by captum, on the common contract, and SmoothGrad over any of them."""
+"""Gradient attribution methods computed by captum, on the common contract, and SmoothGrad over any of them.
+
+captum is imported on first use, not with this module: ``import captum.attr`` pulls in matplotlib, scipy
+and more (about 0.5 s), which ``xaudit --help``, a sweep's worker processes and ``import xaudit.explain``
+for the registry alone do not need.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,25 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from captum.attr import DeepLift as _CaptumDeepLift
-from captum.attr import GuidedBackprop as _CaptumGuidedBackprop
-from captum.attr import InputXGradient as _CaptumInputXGradient
-from captum.attr import IntegratedGradients as _CaptumIG
-from captum.attr import Saliency as _CaptumSaliency
-from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR as _DEEPLIFT_RULES
-from captum._utils.common import _run_forward
-from captum.attr._utils.approximation_methods import approximation_parameters
 from torch import nn
 
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer, get_explainer
 from ._compat import ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, cached_hook_safe_copy
+
+#: The activation modules captum's DeepLift has a rescale rule for (``captum.attr._core.deep_lift.
+#: SUPPORTED_NON_LINEAR``; listed here so the registry needs no captum import, and tested equal to it).
+DEEPLIFT_RULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.Softmax,
+)
+
+
+def _captum_attr() -> Any:
+    import captum.attr
+
+    return captum.attr
 
 
 class Saliency(Explainer):
@@ -39,7 +49,8 @@ class Saliency(Explainer):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> torch.Tensor:
-        return _with_summed_gradients(_CaptumSaliency(model)).attribute(inputs, target=targets, abs=self.abs)
+        saliency = _captum_attr().Saliency(model)
+        return _with_summed_gradients(saliency).attribute(inputs, target=targets, abs=self.abs)
 
 
 def _summed_gradients(forward_fn: Any, inputs: tuple[torch.Tensor, ...], target_ind: Any = None,
@@ -50,6 +61,8 @@ def _summed_gradients(forward_fn: Any, inputs: tuple[torch.Tensor, ...], target_
     the engine sums those seeds into the same all-ones gradient, so the values are identical (bit for bit in
     the benchmark), but on its digits models captum's way cost 1.4-1.6× the model's own forward and backward.
     """
+    from captum._utils.common import _run_forward
+
     with torch.autograd.set_grad_enabled(True):
         outputs = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
         if outputs[0].numel() != 1:
@@ -66,40 +79,48 @@ def _with_summed_gradients(attribution: Any) -> Any:
 @functools.lru_cache(maxsize=32)
 def _quadrature(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """captum's step sizes and alphas for ``method`` and ``n_steps``, computed once."""
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
     step_sizes, alphas = approximation_parameters(method)
     return tuple(step_sizes(n_steps)), tuple(alphas(n_steps))
 
 
-class _CaptumIGOnceNodes(_CaptumIG):
-    """captum's IntegratedGradients with the quadrature computed once per (method, n_steps).
+@functools.cache
+def _ig_once_nodes() -> type:
+    """captum's IntegratedGradients subclassed (on first use, so captum is imported late)."""
 
-    captum recomputes numpy's Gauss-Legendre nodes and weights (twice) on every ``attribute`` call: 4 ms at
-    50 steps and 20 ms at 128 on the 2-core benchmark machine. xaudit calls it once per chunk of
-    ``row_batch // n_steps`` samples (or once per sample when the steps need several calls), so for 2,000
-    inputs at 128 steps that was up to 2,000 recomputations, more time than the gradients of a small model
-    (tests/benchmarks/bench_explain.py).
-    """
+    class _CaptumIGOnceNodes(_captum_attr().IntegratedGradients):  # type: ignore[misc]
+        """captum's IntegratedGradients with the quadrature computed once per (method, n_steps).
 
-    def _attribute(self, *args: Any, step_sizes_and_alphas: Any = None, **kwargs: Any) -> Any:
-        if step_sizes_and_alphas is None and "method" in kwargs and "n_steps" in kwargs:
-            sizes, alphas = _quadrature(kwargs["method"], int(kwargs["n_steps"]))
-            step_sizes_and_alphas = (list(sizes), list(alphas))
-        return super()._attribute(*args, step_sizes_and_alphas=step_sizes_and_alphas, **kwargs)
+        captum recomputes numpy's Gauss-Legendre nodes and weights (twice) on every ``attribute`` call: 4 ms at
+        50 steps and 20 ms at 128 on the 2-core benchmark machine. xaudit calls it once per chunk of
+        ``row_batch // n_steps`` samples (or once per sample when the steps need several calls), so for 2,000
+        inputs at 128 steps that was up to 2,000 recomputations, more time than the gradients of a small model
+        (tests/benchmarks/bench_explain.py).
+        """
 
-    def attribute_in_steps(self, inputs: torch.Tensor, baseline: float, target: torch.Tensor, n_steps: int,
-                           method: str, steps_per_call: int) -> torch.Tensor:
-        """What captum's ``internal_batch_size`` batching computes (``_batch_attribution``: the steps in slices
-        of ``steps_per_call``, each slice's attributions summed), with the quadrature computed once."""
-        sizes, alphas = _quadrature(method, n_steps)
-        total: torch.Tensor | None = None
-        for start in range(0, n_steps, steps_per_call):
-            part = slice(start, start + steps_per_call)
-            (attr,) = self._attribute(inputs=(inputs,), baselines=(baseline,), target=target,
-                                      n_steps=len(sizes[part]), method=method,
-                                      step_sizes_and_alphas=(list(sizes[part]), list(alphas[part])))
-            total = attr if total is None else total + attr.detach()
-        assert total is not None
-        return total
+        def _attribute(self, *args: Any, step_sizes_and_alphas: Any = None, **kwargs: Any) -> Any:
+            if step_sizes_and_alphas is None and "method" in kwargs and "n_steps" in kwargs:
+                sizes, alphas = _quadrature(kwargs["method"], int(kwargs["n_steps"]))
+                step_sizes_and_alphas = (list(sizes), list(alphas))
+            return super()._attribute(*args, step_sizes_and_alphas=step_sizes_and_alphas, **kwargs)
+
+        def attribute_in_steps(self, inputs: torch.Tensor, baseline: float, target: torch.Tensor, n_steps: int,
+                               method: str, steps_per_call: int) -> torch.Tensor:
+            """What captum's ``internal_batch_size`` batching computes (``_batch_attribution``: the steps in slices
+            of ``steps_per_call``, each slice's attributions summed), with the quadrature computed once."""
+            sizes, alphas = _quadrature(method, n_steps)
+            total: torch.Tensor | None = None
+            for start in range(0, n_steps, steps_per_call):
+                part = slice(start, start + steps_per_call)
+                (attr,) = self._attribute(inputs=(inputs,), baselines=(baseline,), target=target,
+                                          n_steps=len(sizes[part]), method=method,
+                                          step_sizes_and_alphas=(list(sizes[part]), list(alphas[part])))
+                total = attr if total is None else total + attr.detach()
+            assert total is not None
+            return total
+
+    return _CaptumIGOnceNodes
 
 
 class IntegratedGradients(Explainer):
@@ -135,7 +156,7 @@ class IntegratedGradients(Explainer):
                    ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Rows in flight are bounded by row_batch, as captum's internal_batch_size would bound them (without
         # it captum builds all n_steps × batch rows at once: 24 GiB for 2,000 inputs of 32×32 at 128 steps).
-        ig = _with_summed_gradients(_CaptumIGOnceNodes(model))
+        ig = _with_summed_gradients(_ig_once_nodes()(model))
         steps_per_call = max(1, ctx.row_batch // len(inputs))
         if steps_per_call >= self.n_steps:  # the planner sizes chunks so: one pass over all steps
             attr, delta = ig.attribute(inputs, baselines=self.baseline, target=targets, n_steps=self.n_steps,
@@ -154,7 +175,7 @@ class InputXGradient(Explainer):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> torch.Tensor:
-        return _with_summed_gradients(_CaptumInputXGradient(model)).attribute(inputs, target=targets)
+        return _with_summed_gradients(_captum_attr().InputXGradient(model)).attribute(inputs, target=targets)
 
 
 class _HookRuleExplainer(Explainer):
@@ -220,7 +241,7 @@ class DeepLift(_HookRuleExplainer):
     recurrent_reason = ("captum applies the rescale rule only to activation modules, and nn.GRU/nn.LSTM "
                         "compute their sigmoid/tanh gates inside one fused op, so the result would be "
                         "(x - baseline) × gradient, which does not sum to f(x) - f(baseline)")
-    rule_modules = tuple(_DEEPLIFT_RULES)
+    rule_modules = DEEPLIFT_RULES
     rule_functions = NONLINEAR_FUNCTIONS
 
     def __init__(self, model: nn.Module, *, baseline: float = 0.0) -> None:
@@ -238,7 +259,7 @@ class DeepLift(_HookRuleExplainer):
 
     def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor,
                   targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        deeplift = _with_summed_gradients(_CaptumDeepLift(model))
+        deeplift = _with_summed_gradients(_captum_attr().DeepLift(model))
         attr = deeplift.attribute(inputs, baselines=self.baseline, target=targets)
         assert model.last is not None
         out_x, out_base = model.last.chunk(2)
@@ -261,7 +282,7 @@ class GuidedBackprop(_HookRuleExplainer):
     rule_keeps_state = False
 
     def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _with_summed_gradients(_CaptumGuidedBackprop(model)).attribute(inputs, target=targets)
+        return _with_summed_gradients(_captum_attr().GuidedBackprop(model)).attribute(inputs, target=targets)
 
 
 class SmoothGrad(Explainer):

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from lime.lime_base import LimeBase
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
@@ -384,6 +383,8 @@ class Lime(Explainer):
 
     def _fit_lime_base(self, masks: np.ndarray, probs: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
         """lime's LimeBase with its feature selection (the caller holds the BLAS thread limit)."""
+        from lime.lime_base import LimeBase  # on first use: lime imports scikit-learn
+
         k = masks.shape[1]
         base = LimeBase(lambda d: exponential_kernel(d, self.kernel_width), random_state=seed)
         intercept, pairs, score, _ = base.explain_instance_with_data(

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from captum.attr import Occlusion as _CaptumOcclusion
 from torch import nn
 
 from xaudit.models._errors import XauditError
@@ -81,6 +80,8 @@ class Occlusion(Explainer):
         window, strides = self.geometry(inputs.shape[1:])
         # each captum call evaluates len(inputs) rows per window it occludes at once
         per_eval = max(1, ctx.row_batch // len(inputs))
-        return _CaptumOcclusion(model).attribute(
+        from captum.attr import Occlusion  # on first use: captum.attr is slow to import
+
+        return Occlusion(model).attribute(
             inputs, sliding_window_shapes=window, strides=strides, baselines=self.baseline,
             target=targets, perturbations_per_eval=per_eval)

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 
 from xaudit.models._errors import XauditError
 
@@ -41,6 +40,8 @@ def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     A constant row has no ranking, so it shares none with anything: its correlation is defined as 0
     rather than NaN, which keeps the mean over samples finite (a dead, all-zero map scores 0).
     """
+    from scipy.stats import rankdata  # on first use: scipy.stats is slow to import
+
     ra = rankdata(np.asarray(a, dtype=np.float64), axis=1)
     rb = rankdata(np.asarray(b, dtype=np.float64), axis=1)
     ra -= ra.mean(1, keepdims=True)

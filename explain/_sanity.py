@@ -267,7 +267,7 @@ class SeedStability(QualityMetric):
     @classmethod
     def applies_to(cls, explainer_cls: type[Explainer]) -> str | None:
         if not explainer_cls.is_stochastic:
-            return (f"it is deterministic (is_stochastic is False), so every seed gives the same map; "
+            return ("it is deterministic (is_stochastic is False), so every seed gives the same map; "
                     "seed stability is measured for stochastic methods only")
         return None
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import binom
 
 # ---------------------------------------------------------------------------------------------- Kernel SHAP
 
@@ -62,6 +61,8 @@ def kernel_design(n_features: int, budget: int, seed: int | None) -> KernelDesig
 
 
 def _kernel_coalitions(m: int, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.special import binom  # on first use
+
     if m < 2 or budget < 1:
         return np.zeros((0, m), bool), np.zeros(0)
     n_sizes = int(np.ceil((m - 1) / 2.0))

@@ -189,3 +189,12 @@ def test_probe_leaves_batchnorm_statistics_and_train_mode_alone() -> None:
     stats = copy.deepcopy(model[2].state_dict())
     check_hook_compat(model, X[:1] + 5.0)
     assert model.training and all(torch.equal(v, model[2].state_dict()[k]) for k, v in stats.items())
+
+
+def test_deeplift_rule_modules_are_captums() -> None:
+    # listed in xaudit so that importing the registry does not import captum; they must stay captum's
+    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+
+    from xaudit.explain._gradient import DEEPLIFT_RULES
+
+    assert set(DEEPLIFT_RULES) == set(SUPPORTED_NON_LINEAR)

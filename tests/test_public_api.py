@@ -51,3 +51,16 @@ def test_no_plain_top_level_packages_installed() -> None:
         spec = importlib.util.find_spec(plain)
         origin = str(spec.origin) if spec else ""
         assert not any(origin.startswith(d) for d in site_dirs), f"{plain!r} installed at {origin}"
+
+
+def test_cli_and_packages_import_no_explanation_library() -> None:
+    # `xaudit --help` and every spawned sweep worker (which re-imports the CLI's module) pay for what these
+    # imports pull in: captum, shap, lime and their plotting stacks are imported when a method first runs
+    code = (
+        "import sys\n"
+        "import xaudit.explain, xaudit.models, xaudit.reports, xaudit.reports._cli\n"
+        "heavy = [m for m in ('captum', 'shap', 'lime', 'sklearn', 'matplotlib', 'seaborn', 'scipy') "
+        "if m in sys.modules]\n"
+        "assert not heavy, f'imported at startup: {heavy}'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
