@@ -12,6 +12,7 @@ deadlock a child (a known PyTorch hazard), and ``spawn`` behaves the same on Lin
 from __future__ import annotations
 
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import logging
 import multiprocessing
 import os
@@ -91,6 +92,13 @@ class LocalBackend:
             futures = {pool.submit(fn, task, shared): i for i, task in enumerate(tasks)}
             for future in cf.as_completed(futures):
                 on_result(futures[future], future.result())
+        except BrokenProcessPool:
+            _stop(pool)
+            raise XauditError(
+                "a sweep worker process died before finishing its trial (killed, out of memory, or it could not "
+                "start: called from a script, run_sweep must sit under `if __name__ == \"__main__\":` because "
+                "spawned workers re-import the script); finished trials are kept in the run directory: rerun "
+                "with resume=True (--resume), or use backend=\"sequential\"") from None
         except BaseException:
             _stop(pool)
             raise

@@ -73,3 +73,24 @@ def test_a_failing_trial_stops_the_pool_and_keeps_its_error() -> None:
     finished: dict[int, int] = {}
     SequentialBackend().run(_explode_on_one, [0, 2], None, finished.__setitem__)
     assert finished == {0: 0, 1: 20}
+
+
+_UNGUARDED = """
+from xaudit.models import XauditError, TrainConfig, run_sweep
+try:  # no `if __name__ == "__main__":`, so every spawned worker runs this again and dies starting up
+    run_sweep("cnn", "digits", ["weight_decay=0,1e-3"], base=TrainConfig(epochs=1), n_train=100, n_test=50,
+              backend="local", workers=2)
+except XauditError as err:
+    print("XauditError:", err)
+"""
+
+
+def test_a_dead_worker_is_a_clear_error_not_a_broken_pool(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"  # a file, not -c: spawned workers re-import the parent's main module
+    script.write_text(_UNGUARDED)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert "XauditError: a sweep worker process died" in proc.stdout, proc.stderr[-2000:]
+    assert '`if __name__ == "__main__":`' in proc.stdout and "--resume" in proc.stdout
