@@ -17,6 +17,7 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, Explainer, input_kind
+from ._compat import library
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
 
@@ -115,7 +116,7 @@ def layer_grad_cam(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, tar
 def _to_input_shape(cam: torch.Tensor, shape: tuple[int, ...], layer: str, over_time: Any) -> torch.Tensor:
     """Upsample an N×1×(spatial) layer map to the input's spatial size and broadcast it to ``shape`` (a view:
     the caller copies it into the result once)."""
-    from captum.attr import LayerAttribution  # on first use: captum.attr is slow to import
+    LayerAttribution = library("captum.attr").LayerAttribution  # on first use: captum.attr is slow to import
 
     n, *sample = shape
     if cam.dim() == 4:  # a 2-D map: over H×W of an image, or over T×F of a sequence

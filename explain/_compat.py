@@ -12,7 +12,10 @@ a one-line error naming the module and the fix.
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
+import types
+import warnings
 import weakref
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +29,18 @@ from torch.overrides import TorchFunctionMode
 from xaudit.models._errors import XauditError
 
 from ._base import model_guard
+
+
+def library(name: str) -> types.ModuleType:
+    """Import ``name`` (captum or shap, loaded when a method first needs them) without tqdm's notebook warning.
+
+    Both import ``tqdm.auto``, which in a Jupyter kernel without ipywidgets warns "IProgress not found.
+    Please update jupyter and ipywidgets" into the first cell that explains anything. It is about progress
+    bars that xaudit never shows, so it is silenced for this import only (the user's filters stay as they are).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        return importlib.import_module(name)
 
 #: Modules a hook-based rule treats as nonlinearities (DeepLift's rescale/maxpool rules, guided ReLU).
 ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (

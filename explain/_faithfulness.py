@@ -29,6 +29,7 @@ from torch import nn
 from xaudit.models._errors import XauditError, did_you_mean
 
 from ._base import Explainer, Explanation, _model_device, model_guard
+from ._compat import library
 from ._cost import Cost
 from ._quality import MetricContext, MetricResult, QualityMetric
 from ._quality_stats import relevance_map
@@ -315,7 +316,7 @@ class Infidelity(QualityMetric, _RelativeNoise):
 
     def _compute(self, ctx: MetricContext, explanations: Sequence[Explanation],
                  explainer: Explainer | None) -> dict[str, Any]:
-        import captum.metrics  # on first use: captum is slow to import
+        captum_metrics = library("captum.metrics")  # on first use: captum is slow to import
 
         exp = explanations[0]
         x = exp.inputs.to(ctx.device)
@@ -328,7 +329,7 @@ class Infidelity(QualityMetric, _RelativeNoise):
         values = []
         for start in self._chunks(len(x)):
             sl = slice(start, start + max(1, self.batch_rows // self.n_perturb_samples))
-            values.append(captum.metrics.infidelity(
+            values.append(captum_metrics.infidelity(
                 ctx.model, perturb, x[sl], exp.attributions[sl].to(ctx.device), target=exp.targets[sl].to(ctx.device),
                 n_perturb_samples=self.n_perturb_samples, normalize=self.normalize).cpu())
         v = torch.cat(values).double()
@@ -360,7 +361,7 @@ class MaxSensitivity(QualityMetric, _RelativeNoise):
 
     def _compute(self, ctx: MetricContext, explanations: Sequence[Explanation],
                  explainer: Explainer | None) -> dict[str, Any]:
-        import captum.metrics  # on first use: captum is slow to import
+        captum_metrics = library("captum.metrics")  # on first use: captum is slow to import
 
         exp = explanations[0]
         assert explainer is not None
@@ -382,7 +383,7 @@ class MaxSensitivity(QualityMetric, _RelativeNoise):
         values = []
         for start in self._chunks(len(exp.inputs)):
             sl = slice(start, start + max(1, self.batch_rows // self.n_perturb_samples))
-            values.append(captum.metrics.sensitivity_max(explanation_func, exp.inputs[sl], perturb_func=perturb,
+            values.append(captum_metrics.sensitivity_max(explanation_func, exp.inputs[sl], perturb_func=perturb,
                                                   n_perturb_samples=self.n_perturb_samples,
                                                   target=exp.targets[sl]).cpu())
         v = torch.cat(values).double()

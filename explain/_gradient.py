@@ -18,7 +18,7 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer, get_explainer
-from ._compat import ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, cached_hook_safe_copy
+from ._compat import ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, cached_hook_safe_copy, library
 
 #: The activation modules captum's DeepLift has a rescale rule for (``captum.attr._core.deep_lift.
 #: SUPPORTED_NON_LINEAR``; listed here so the registry needs no captum import, and tested equal to it).
@@ -29,9 +29,7 @@ DEEPLIFT_RULES: tuple[type[nn.Module], ...] = (
 
 
 def _captum_attr() -> Any:
-    import captum.attr
-
-    return captum.attr
+    return library("captum.attr")
 
 
 class Saliency(Explainer):
@@ -61,7 +59,7 @@ def _summed_gradients(forward_fn: Any, inputs: tuple[torch.Tensor, ...], target_
     the engine sums those seeds into the same all-ones gradient, so the values are identical (bit for bit in
     the benchmark), but on its digits models captum's way cost 1.4-1.6× the model's own forward and backward.
     """
-    from captum._utils.common import _run_forward
+    _run_forward = library("captum._utils.common")._run_forward
 
     with torch.autograd.set_grad_enabled(True):
         outputs = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
@@ -79,7 +77,7 @@ def _with_summed_gradients(attribution: Any) -> Any:
 @functools.lru_cache(maxsize=32)
 def _quadrature(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """captum's step sizes and alphas for ``method`` and ``n_steps``, computed once."""
-    from captum.attr._utils.approximation_methods import approximation_parameters
+    approximation_parameters = library("captum.attr._utils.approximation_methods").approximation_parameters
 
     step_sizes, alphas = approximation_parameters(method)
     return tuple(step_sizes(n_steps)), tuple(alphas(n_steps))

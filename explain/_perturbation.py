@@ -12,6 +12,7 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, Explainer, input_kind
+from ._compat import library
 
 
 class Occlusion(Explainer):
@@ -80,7 +81,7 @@ class Occlusion(Explainer):
         window, strides = self.geometry(inputs.shape[1:])
         # each captum call evaluates len(inputs) rows per window it occludes at once
         per_eval = max(1, ctx.row_batch // len(inputs))
-        from captum.attr import Occlusion  # on first use: captum.attr is slow to import
+        Occlusion = library("captum.attr").Occlusion  # on first use: captum.attr is slow to import
 
         return Occlusion(model).attribute(
             inputs, sliding_window_shapes=window, strides=strides, baselines=self.baseline,

@@ -21,7 +21,7 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer
-from ._compat import hook_safe_copy
+from ._compat import hook_safe_copy, library
 
 #: The activation modules shap's DeepExplainer has a DeepLIFT rule for (``deep_pytorch.op_handler``); any
 #: other activation module would silently get its plain gradient, so such models are refused.
@@ -236,7 +236,7 @@ class ShapDeep(ShapExplainer):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        import shap
+        shap = library("shap")
 
         background = self._background_for(inputs)
         safe = hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=_DEEP_RULES)

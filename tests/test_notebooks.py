@@ -115,6 +115,11 @@ def _run(name: str, specs: KernelSpecManager, cwd: Path, monkeypatch: pytest.Mon
     client = nbclient.NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, allow_errors=False,
                                      resources={"metadata": {"path": str(cwd)}})
     client.execute()
+    # what a reader would see in red: no warning may leak into a notebook (tqdm's "IProgress not found",
+    # raised by captum's and shap's imports in a kernel without ipywidgets, was one)
+    stderr = [out.get("text", "") for cell in nb.cells for out in cell.get("outputs", [])
+              if out.get("name") == "stderr"]
+    assert not any("Warning" in text for text in stderr), stderr
     return nb
 
 
