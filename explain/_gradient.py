@@ -268,7 +268,15 @@ class DeepLift(_HookRuleExplainer):
 
 class GuidedBackprop(_HookRuleExplainer):
     """Gradient with every ReLU passing back only positive gradients at positive inputs
-    (Springenberg, Dosovitskiy, Brox & Riedmiller 2015, fig. 1)."""
+    (Springenberg, Dosovitskiy, Brox & Riedmiller 2015, fig. 1).
+
+    captum's GuidedBackprop returns relu(grad_input) from a full backward hook on each nn.ReLU module; a
+    ReLU's grad_input is (x > 0)·grad_output, so that equals (x > 0)·relu(grad_output). Here a tensor hook
+    on each ReLU output clamps the gradient before the ReLU's own backward applies (x > 0): the same values
+    (tested equal to captum's), without captum's per-module backward-hook wrappers, which cost about half a
+    backward pass on the small benchmark CNN (8.4-8.9 ms against 5.7 ms for the plain gradient, 256 digits).
+    The hooks live on the private hook-safe copy for one call and are removed afterwards.
+    """
 
     name = "guided_backprop"
     paper = "Springenberg et al. 2015"
@@ -280,7 +288,29 @@ class GuidedBackprop(_HookRuleExplainer):
     rule_keeps_state = False
 
     def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return _with_summed_gradients(_captum_attr().GuidedBackprop(model)).attribute(inputs, target=targets)
+        handles = [m.register_forward_hook(_clamp_output_gradient) for m in model.modules() if isinstance(m, nn.ReLU)]
+        try:
+            with torch.enable_grad():
+                x = inputs.detach().requires_grad_(True)
+                out = model(x)
+                if out.dim() != 2:
+                    raise XauditError("the model's output for the target is not one number per input: return "
+                                      "N×classes logits from forward")
+                rows = torch.arange(len(x), device=x.device)
+                (grad,) = torch.autograd.grad(out[rows, targets].sum(), x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return grad
+
+
+def _clamp_output_gradient(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+    if output.requires_grad:
+        output.register_hook(_positive_part)
+
+
+def _positive_part(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
 
 
 class SmoothGrad(Explainer):

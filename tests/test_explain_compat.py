@@ -4,6 +4,7 @@ and the configuration errors of the gradient, CAM and occlusion methods."""
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import pytest
@@ -198,3 +199,19 @@ def test_deeplift_rule_modules_are_captums() -> None:
     from xaudit.explain._gradient import DEEPLIFT_RULES
 
     assert set(DEEPLIFT_RULES) == set(SUPPORTED_NON_LINEAR)
+
+
+def test_guided_backprop_equals_captums() -> None:
+    from captum.attr import GuidedBackprop as CaptumGuidedBackprop
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(5, 1, 6, 6)
+    targets = torch.tensor([0, 1, 2, 1, 0])
+    ours = explain(model, x, method="guided_backprop", target=targets).attributions
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # captum announces its backward hooks
+        theirs = CaptumGuidedBackprop(model).attribute(x.clone().requires_grad_(True), target=targets)
+    torch.testing.assert_close(ours, theirs.detach(), rtol=1e-6, atol=1e-7)
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
