@@ -363,8 +363,6 @@ class Explainer:
         return t
 
 
-
-
 def _call_with_shape(count: Any, shape: tuple[int, ...]) -> Any:
     """Call a per-sample count method with ``sample_shape`` if it takes one (older overrides do not)."""
     if _takes_sample_shape(getattr(count, "__func__", count)):

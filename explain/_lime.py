@@ -2,11 +2,12 @@
 
 lime_image loops in Python over its perturbations and calls the model in batches of 10 (~150 ms per 8×8
 digit at 1000 samples, FIELD_NOTES). Here the perturbations are built with tensor ops and evaluated in
-model calls of ``ctx.row_batch`` rows filled across the samples of a chunk; the statistics stay lime's: the same sampling distribution (each segment
-kept with probability 1/2, the first row the unperturbed input), the same cosine distance to the all-ones
-row, the same exponential kernel ``sqrt(exp(-d²/w²))`` and the same weighted ``Ridge(alpha=1)``. When the
-feature selection keeps every segment (the default) the ridge is solved here in closed form, equal to
-sklearn's to 1e-6 (tested) and batched over samples; a selection that drops segments calls ``lime.lime_base.LimeBase`` itself.
+model calls of ``ctx.row_batch`` rows filled across the samples of a chunk; the statistics stay lime's: the
+same sampling distribution (each segment kept with probability 1/2, the first row the unperturbed input),
+the same cosine distance to the all-ones row, the same exponential kernel ``sqrt(exp(-d²/w²))`` and the same
+weighted ``Ridge(alpha=1)``. When the feature selection keeps every segment (the default) the ridge is
+solved here in closed form, equal to sklearn's to 1e-6 (tested) and batched over samples; a selection that
+drops segments calls ``lime.lime_base.LimeBase`` itself.
 """
 
 from __future__ import annotations
@@ -379,7 +380,8 @@ class Lime(Explainer):
                 coef, intercept, r2 = weighted_ridge(masks, np.stack([probs[i] for i in idx]), weights)
                 for j, i in enumerate(idx):
                     fits[i] = (coef[j], float(intercept[j]), float(r2[j]))
-        return [f for f in fits if f is not None]
+        assert all(f is not None for f in fits), "every sample is fitted by one of the two paths"
+        return fits  # type: ignore[return-value]
 
     def _fit_lime_base(self, masks: np.ndarray, probs: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
         """lime's LimeBase with its feature selection (the caller holds the BLAS thread limit)."""

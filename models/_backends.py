@@ -12,13 +12,13 @@ deadlock a child (a known PyTorch hazard), and ``spawn`` behaves the same on Lin
 from __future__ import annotations
 
 import concurrent.futures as cf
-from concurrent.futures.process import BrokenProcessPool
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
 from ._errors import XauditError, did_you_mean

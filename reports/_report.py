@@ -91,7 +91,7 @@ class Report:
         content: dict[str, Any] = {"xaudit_version": xaudit_version(), "generated_utc": ctx.created_utc,
                                    "seed": ctx.seed, "sections": [s.id for s in sections]}
         for section in sections:
-            if getattr(section, "needs_report", False):
+            if section.needs_report:
                 # a plain-JSON copy: what the section reads is exactly what report.json will hold
                 part = section.json_part(ctx, json_safe(content))  # type: ignore[call-arg]
             else:

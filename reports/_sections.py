@@ -36,6 +36,8 @@ class Section:
     template: ClassVar[str] = ""
     #: Shown at the top of the page whatever its place in the list (the summary is computed last).
     render_first: ClassVar[bool] = False
+    #: Whether ``json_part`` also takes the report.json content assembled before it (the audit, the summary).
+    needs_report: ClassVar[bool] = False
 
     def json_part(self, ctx: ReportContext) -> dict[str, Any]:
         """This section's top-level entries of report.json (plain JSON values only)."""
