@@ -64,6 +64,8 @@ class CallContext:
     row_batch: int
     seed: int | None
     device: torch.device
+    #: Work shared by every chunk of one call (a reference pass: DeepLift's baseline, DeepSHAP's background).
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,12 @@ class Explainer:
         """Forward and backward evaluations per sample this method makes (for prediction and tests)."""
         return (1.0, 1.0) if self.uses_gradients else (1.0, 0.0)
 
+    def evals_per_call(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
+        """Forward and backward evaluations made once per call, shared by all its samples (a reference
+        pass: DeepLift's baseline, DeepSHAP's background); a call on n samples makes
+        ``n × expected_evals + evals_per_call``."""
+        return 0.0, 0.0
+
     def counts_for(self, sample_shape: Sequence[int]) -> tuple[int, tuple[float, float]]:
         """(rows per sample, (forward, backward) evaluations per sample) for inputs of ``sample_shape``.
 
@@ -274,13 +282,14 @@ class Explainer:
         else:
             per_sample, per_call = t_one, 0.0
         rows, (fwd, bwd) = self.counts_for(inputs.shape[1:])
+        once_fwd, once_bwd = _call_with_shape(self.evals_per_call, tuple(inputs.shape[1:]))
         n = len(inputs)
         n_chunks = -(-n // per_chunk)
         memory = row_memory(self.model, inputs[:1])
         rows_in_flight = min(row_batch, per_chunk * rows)
         # the float32 attributions returned, filled in place chunk by chunk (see explain)
         result_bytes = inputs[:1].numel() * 4 * n
-        return CostPrediction(n_samples=n, forward_evals=fwd * n, backward_evals=bwd * n,
+        return CostPrediction(n_samples=n, forward_evals=fwd * n + once_fwd, backward_evals=bwd * n + once_bwd,
                               wall_s=n_chunks * per_call + n * per_sample,
                               peak_bytes=memory.fixed_bytes + rows_in_flight * memory.bytes_per_row + result_bytes,
                               samples_per_chunk=per_chunk, row_batch=row_batch)

@@ -17,8 +17,9 @@ from torch import nn
 
 from xaudit.models._errors import XauditError
 
-from ._base import CallContext, CountingModel, Explainer, get_explainer
+from ._base import CallContext, CountingModel, Explainer, _call_with_shape, get_explainer
 from ._compat import ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, cached_hook_safe_copy, library
+from ._rescale import RESCALE_MODULES, rescale_ready, rescale_rule
 
 #: The activation modules captum's DeepLift has a rescale rule for (``captum.attr._core.deep_lift.
 #: SUPPORTED_NON_LINEAR``; listed here so the registry needs no captum import, and tested equal to it).
@@ -202,10 +203,12 @@ class _HookRuleExplainer(Explainer):
         with warnings.catch_warnings():
             # captum announces on every call that it sets hooks; here they live on a throw-away copy
             warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks")
-            return self._run_rule(_RecordingModel(CountingModel(safe, model.counter)), inputs, targets)
+            return self._run_rule(_RecordingModel(CountingModel(safe, model.counter)), inputs, targets, ctx, safe)
 
-    def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor,
-                  targets: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor, targets: torch.Tensor, ctx: CallContext,
+                  safe: nn.Module) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The rule on ``model`` (the counted hook-safe copy); ``safe`` is the copy itself, for rules that
+        change its modules for the call."""
         raise NotImplementedError(f"{type(self).__name__} must implement _run_rule")
 
 
@@ -228,10 +231,16 @@ class DeepLift(_HookRuleExplainer):
     (Shrikumar, Greenside & Kundaje 2017, eqs. 1 and 3 — summation-to-delta).
 
     Attributions sum to f(x) − f(baseline) for the target; the per-sample gap, computed from the same
-    forward pass (no extra evaluations), is in ``Explanation.extras["convergence_delta"]``. It is ~1e-8
+    forward passes (no extra evaluations), is in ``Explanation.extras["convergence_delta"]``. It is ~1e-7
     on ReLU/strided-conv nets but not zero with max-pooling: captum's max-pool rule does not conserve the
-    sum exactly (~1e-2 on a small CNN). Recurrent models are refused (see ``recurrent_reason``), and so are
-    nonlinearities the rule cannot reach (functional calls, activation modules it has no case for).
+    sum exactly (~1e-2 on a small CNN).
+
+    On models whose activations are all elementwise (ReLU, LeakyReLU, ELU, Sigmoid, Tanh, Softplus; the
+    built-in CNN) the rule runs natively (``_rescale``): the baseline goes through the model once per call
+    and each input once, forward and backward, with captum's values (tested equal to captum's DeepLift).
+    Models with max-pooling or softmax modules go through captum, which evaluates every input next to its
+    own copy of the baseline (2 rows per sample). Recurrent models are refused (see ``recurrent_reason``),
+    and so are nonlinearities the rule cannot reach (functional calls, activation modules it has no case for).
     """
 
     name = "deeplift"
@@ -241,6 +250,8 @@ class DeepLift(_HookRuleExplainer):
                         "(x - baseline) × gradient, which does not sum to f(x) - f(baseline)")
     rule_modules = DEEPLIFT_RULES
     rule_functions = NONLINEAR_FUNCTIONS
+    #: captum's DeepLift default: below this |x − x₀| a module's multiplier is its local derivative.
+    eps = 1e-10
 
     def __init__(self, model: nn.Module, *, baseline: float = 0.0) -> None:
         super().__init__(model)
@@ -249,21 +260,54 @@ class DeepLift(_HookRuleExplainer):
     def get_params(self) -> dict[str, Any]:
         return {"baseline": self.baseline}
 
+    def _native(self) -> bool:
+        return rescale_ready(self.model, RESCALE_MODULES)
+
     def rows_per_sample(self) -> int:
-        return 2  # inputs and baselines go through the model together, so chunks hold half the samples
+        # through captum, inputs and baselines go through the model together, so chunks hold half the samples
+        return 1 if self._native() else 2
 
     def expected_evals(self) -> tuple[float, float]:
-        return 2.0, 2.0
+        return (1.0, 1.0) if self._native() else (2.0, 2.0)
 
-    def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor,
-                  targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        deeplift = _with_summed_gradients(_captum_attr().DeepLift(model))
+    def evals_per_call(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
+        return (1.0, 0.0) if self._native() else (0.0, 0.0)
+
+    def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor, targets: torch.Tensor, ctx: CallContext,
+                  safe: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self._native():
+            return self._run_native(model, inputs, targets, ctx, safe)
+        deeplift = _with_summed_gradients(_captum_attr().DeepLift(model, eps=self.eps))
         attr = deeplift.attribute(inputs, baselines=self.baseline, target=targets)
         assert model.last is not None
         out_x, out_base = model.last.chunk(2)
         rows = torch.arange(len(inputs), device=inputs.device)
         gap = out_x[rows, targets] - out_base[rows, targets]
         return attr, {"convergence_delta": attr.detach().flatten(1).sum(1) - gap}
+
+    def _run_native(self, model: _RecordingModel, inputs: torch.Tensor, targets: torch.Tensor, ctx: CallContext,
+                    safe: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        key = (self.name, self.baseline, tuple(inputs.shape[1:]), inputs.dtype)
+        with rescale_rule(safe, RESCALE_MODULES, eps=self.eps, at_reference=False) as rule:
+            if key in ctx.memo:  # the baseline's activations, recorded by the call's first chunk
+                rule.references, f_base = ctx.memo[key]
+            else:
+                with torch.no_grad(), rule.recording():
+                    f_base = model(torch.full((1, *inputs.shape[1:]), self.baseline, dtype=inputs.dtype,
+                                              device=inputs.device))
+                ctx.memo[key] = (rule.references, f_base)
+            with torch.enable_grad():
+                x = inputs.detach().requires_grad_(True)
+                out = model(x)
+                if out.dim() != 2:
+                    raise XauditError("the model's output for the target is not one number per input: return "
+                                      "N×classes logits from forward")
+                rows = torch.arange(len(x), device=x.device)
+                picked = out[rows, targets]
+                (grad,) = torch.autograd.grad(picked.sum(), x)
+        attr = grad * (x.detach() - self.baseline)
+        gap = picked.detach() - f_base[0, targets]
+        return attr, {"convergence_delta": attr.flatten(1).sum(1) - gap}
 
 
 class GuidedBackprop(_HookRuleExplainer):
@@ -287,7 +331,8 @@ class GuidedBackprop(_HookRuleExplainer):
     # clamping a gradient needs nothing from the forward pass, so a ReLU may run at several places
     rule_keeps_state = False
 
-    def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor, targets: torch.Tensor, ctx: CallContext,
+                  safe: nn.Module) -> torch.Tensor:
         handles = [m.register_forward_hook(_clamp_output_gradient) for m in model.modules() if isinstance(m, nn.ReLU)]
         try:
             with torch.enable_grad():
@@ -357,6 +402,12 @@ class SmoothGrad(Explainer):
     def expected_evals(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
         fwd, bwd = self._base_counts(sample_shape)[1]
         return self.n_samples * fwd, self.n_samples * bwd
+
+    def evals_per_call(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
+        # the base method's reference pass is shared by all noisy copies (the call's memo keeps it)
+        if sample_shape is None:
+            return self.base_explainer.evals_per_call()
+        return _call_with_shape(self.base_explainer.evals_per_call, tuple(sample_shape))
 
     def _base_counts(self, sample_shape: Sequence[int] | None) -> tuple[int, tuple[float, float]]:
         if sample_shape is None:

@@ -1,5 +1,5 @@
 """The SHAP family on the common contract: expected gradients (shap's GradientExplainer estimator, batched
-here) and DeepLIFT-style SHAP through the ``shap`` package.
+here) and DeepLIFT-style SHAP (shap's DeepExplainer values, natively on elementwise-activation models).
 
 All four SHAP methods (these two and the batched Kernel/Partition estimators in ``_shap_fast``) share
 :class:`ShapExplainer`: background data is given once with :meth:`ShapExplainer.fit` and validated there.
@@ -21,7 +21,8 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer
-from ._compat import hook_safe_copy, library
+from ._compat import cached_hook_safe_copy, hook_safe_copy, library
+from ._rescale import SHAP_RESCALE_MODULES, rescale_ready, rescale_rule
 
 #: The activation modules shap's DeepExplainer has a DeepLIFT rule for (``deep_pytorch.op_handler``); any
 #: other activation module would silently get its plain gradient, so such models are refused.
@@ -200,15 +201,21 @@ class ShapGradient(ShapExplainer):
 
 class ShapDeep(ShapExplainer):
     """DeepLIFT multipliers averaged over background references (Lundberg & Lee 2017, DeepSHAP;
-    Shrikumar et al. 2017, rescale rule), computed by ``shap.DeepExplainer``.
+    Shrikumar et al. 2017, rescale rule): ``shap.DeepExplainer``'s values.
 
-    shap's hooks go on a private copy of the model (``hook_safe_copy``: in-place activations made
-    out-of-place, shared modules split, shap #3466, #1479), never on the user's model. shap's own
-    additivity check raises on plain CNNs (shap #3938, #3363); we turn it off and return the per-sample
-    gap sum(φ) − (f(x) − E[f(background)]) in ``extras["additivity_error"]`` instead, with E[f(background)]
-    in ``extras["base_value"]``, both read from the pass that computes the attributions. DeepExplainer
-    evaluates x tiled against every reference in one batch, so the background is split into groups of at
-    most ``row_batch / 2`` references; references are independent, so averaging the groups is exact.
+    The rule runs on a private copy of the model (``hook_safe_copy``: in-place activations made
+    out-of-place, shared modules split, shap #3466, #1479), never on the user's model. On models whose
+    activations are all elementwise (the built-in CNN) it runs natively (``_rescale``): the background goes
+    through the model once per call, and each input, tiled against the references, once forward and
+    backward, with shap's rule (eps 1e-6, the multipliers of the reference rows; tested equal to
+    ``shap.DeepExplainer``). Models with max-pooling or softmax modules go through shap itself, one sample
+    at a time against the background (2 rows per reference and sample).
+
+    shap's own additivity check raises on plain CNNs (shap #3938, #3363); we turn it off and return the
+    per-sample gap sum(φ) − (f(x) − E[f(background)]) in ``extras["additivity_error"]`` instead, with
+    E[f(background)] in ``extras["base_value"]``, both read from the passes that compute the attributions.
+    At most ``row_batch`` rows go through the model at once: the background is split into groups if it must
+    be; references are independent, so averaging the groups is exact.
     """
 
     uses_module_hooks = True
@@ -217,25 +224,79 @@ class ShapDeep(ShapExplainer):
     paper = "Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT)"
     supports_recurrent = False
     recurrent_reason = "shap's DeepExplainer has no LSTM/GRU rules (shap #2653, #3415)"
+    #: shap's ``nonlinear_1d``: below this |x − x₀| a module's multiplier is its local derivative.
+    eps = 1e-6
 
     def unsupported_reason(self, sample_shape: Sequence[int]) -> str | None:
         reason = super().unsupported_reason(sample_shape)
         if reason is None:
             try:
-                hook_safe_copy(self.model, _probe(self.model, sample_shape), self.name, rule_modules=_DEEP_RULES)
+                cached_hook_safe_copy(self.model, _probe(self.model, sample_shape), self.name,
+                                      rule_modules=_DEEP_RULES)
             except XauditError as err:
                 return str(err)
         return reason
 
+    def _native(self) -> bool:
+        return rescale_ready(self.model, SHAP_RESCALE_MODULES)
+
     def rows_per_sample(self, sample_shape: Sequence[int] | None = None) -> int:
-        return 2 * self._n_background()
+        return (1 if self._native() else 2) * self._n_background()
 
     def expected_evals(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
-        rows = float(2 * self._n_background())
+        rows = float(self.rows_per_sample(sample_shape))
         return rows, rows
+
+    def evals_per_call(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
+        return (float(self._n_background()), 0.0) if self._native() else (0.0, 0.0)
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self._native():
+            return self._attribute_native(model, inputs, targets, ctx)
+        return self._attribute_with_shap(model, inputs, targets, ctx)
+
+    def _attribute_native(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                          ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        background = self._background_for(inputs)
+        safe = cached_hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=_DEEP_RULES)
+        counted = _counted(model, safe)
+        n, shape = len(inputs), inputs.shape[1:]
+        group = max(1, min(len(background), ctx.row_batch))  # references per pass
+        x = inputs.detach()
+        phi = torch.zeros(n, *shape, dtype=torch.float64, device=inputs.device)
+        f_x = torch.empty(n, dtype=torch.float64, device=inputs.device)
+        base = torch.zeros(n, dtype=torch.float64, device=inputs.device)
+        with rescale_rule(safe, SHAP_RESCALE_MODULES, eps=self.eps, at_reference=True) as rule:
+            for g0 in range(0, len(background), group):
+                refs = background[g0:g0 + group]
+                k = len(refs)
+                key = (self.name, g0, k, tuple(shape), inputs.dtype)
+                if key in ctx.memo:  # this group's activations, recorded by the call's first chunk
+                    rule.references, f_refs = ctx.memo[key]
+                else:
+                    with torch.no_grad(), rule.recording():
+                        f_refs = counted(refs)
+                    ctx.memo[key] = (rule.references, f_refs)
+                base += f_refs[:, targets].double().sum(0)
+                per_pass = max(1, ctx.row_batch // k)  # samples whose k tiled rows fit one pass
+                for s0 in range(0, n, per_pass):
+                    xs = x[s0:s0 + per_pass]
+                    m = len(xs)
+                    with torch.enable_grad():
+                        rows = xs.repeat_interleave(k, dim=0).requires_grad_(True)  # (sample, reference) order
+                        out = counted(rows).gather(1, targets[s0:s0 + m].repeat_interleave(k)[:, None])
+                        (grad,) = torch.autograd.grad(out.sum(), rows)
+                    diff = xs[:, None] - refs[None]
+                    phi[s0:s0 + m] += (grad.view(m, k, *shape) * diff).sum(1).double()  # shap sums in float32
+                    f_x[s0:s0 + m] = out.detach().view(m, k)[:, 0].double()
+        phi /= len(background)
+        base /= len(background)
+        gap = phi.flatten(1).sum(1) - (f_x - base)
+        return phi.to(inputs.dtype), {"additivity_error": gap.float(), "base_value": base.float()}
+
+    def _attribute_with_shap(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                             ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         shap = library("shap")
 
         background = self._background_for(inputs)

@@ -195,7 +195,8 @@ def test_cost_is_filled_in_and_counts_match(method: str, kind: str) -> None:
     assert cost.energy_source in {"rapl", "nvml", "estimate"} and cost.energy_j is not None
     if (method, "evals_match") not in KNOWN_EXCEPTIONS:
         _, (fwd, bwd) = explainer.counts_for(x.shape[1:])
-        assert (cost.forward_evals / N, cost.backward_evals / N) == (fwd, bwd)
+        once_fwd, once_bwd = explainer.evals_per_call(x.shape[1:])
+        assert (cost.forward_evals, cost.backward_evals) == (N * fwd + once_fwd, N * bwd + once_bwd)
     if (method, "predicted_evals") not in KNOWN_EXCEPTIONS:
         predicted = explainer.predict_cost(x)
         assert (predicted.forward_evals, predicted.backward_evals) == (cost.forward_evals, cost.backward_evals)
