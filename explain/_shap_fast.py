@@ -28,7 +28,8 @@ from xaudit.models._errors import XauditError
 
 from ._base import CallContext, input_kind
 from ._shap import ShapExplainer
-from ._shap_estimators import constrained_wls, grid_tree, kernel_budget, kernel_design, owen_expansions, owen_values
+from ._shap_estimators import (constrained_wls, grid_tree, kernel_budget, kernel_design, owen_expansions,
+                               owen_known_coalitions, owen_values)
 
 #: Default most features for images and for sequences.
 MAX_IMAGE_FEATURES = 64
@@ -241,7 +242,8 @@ class ShapPartition(_FastShap):
     ``max_evals`` coalitions per sample (shap's default 500, counting the empty and full ones). Like shap,
     each sample expands its highest-gain groups first; what is not expanded when the budget is spent is
     spread evenly over the group, so values always sum to f(x) − v(∅), and with enough budget (2 + 2·visits
-    of the whole tree: 2,732 for 64 features) they are exact Owen values. Deterministic.
+    of the whole tree: 2,732 for 64 features) they are exact Owen values, from one streamed pass over
+    coalitions shared by every sample (``owen_values``). Deterministic.
     ``extras["base_value"]`` is v(∅).
     """
 
@@ -271,6 +273,10 @@ class ShapPartition(_FastShap):
         with torch.inference_mode():
             value, layout = self._coalitions(model, inputs, targets, ctx)
             tree = grid_tree(*layout.grid)
-            v0, fx, _ = value.with_ends(torch.zeros(0, layout.n_features, dtype=torch.bool, device=inputs.device))
-            phi = owen_values(tree, owen_expansions(tree, self.max_evals), v0, fx, value.pairs)
+            expansions = owen_expansions(tree, self.max_evals)
+            # the coalitions every sample evaluates whatever the values (the whole tree's, or the root's
+            # halves) ride in the calls of v(∅) and f(x): one streamed pass when the budget covers the tree
+            known = torch.tensor(owen_known_coalitions(tree, expansions), device=inputs.device)
+            v0, fx, v = value.with_ends(known)
+            phi = owen_values(tree, expansions, v0, fx, value.pairs, known=v)
         return self._spread(phi, layout, inputs), {"base_value": v0.float()}

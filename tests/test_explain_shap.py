@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from xaudit.explain import explain, get_explainer, row_memory
-from xaudit.explain._shap_estimators import grid_tree, kernel_budget, kernel_design
+from xaudit.explain._shap_estimators import (PartitionTree, grid_tree, kernel_budget, kernel_design,
+                                             owen_expansions, owen_known_coalitions, owen_values)
 from xaudit.explain._shap_fast import feature_layout
 from xaudit.models._errors import XauditError
 
@@ -215,7 +216,7 @@ def test_partition_with_the_whole_tree_equals_shaps_partition_explainer(shape: t
 
 def test_partition_agrees_with_shap_when_the_budget_truncates() -> None:
     # both expand the highest-gain visits first (shap 5 per model call, we a quarter of each sample's
-    # frontier per call), so truncated values differ only by the order within a round
+    # frontier per call, at least 8), so truncated values differ only by the order within a round
     model = ReluCNN()
     x, background = data((1, 8, 8), n=1)
     exp = explain(model, x, "shap_partition", 0, background=background, max_evals=500)
@@ -241,6 +242,117 @@ def test_partition_of_an_additive_model_is_its_exact_shapley_values() -> None:
     exp = explain(model, x, "shap_partition", 1, background=background, time_window=1)
     expected = model[1].weight[1].reshape(SEQUENCE) * (x - background.mean(0))
     torch.testing.assert_close(exp.attributions, expected.detach(), rtol=1e-4, atol=1e-6)
+
+
+class _ToyGame:
+    """v(S) for N samples: a small tanh network of the features in S (x where present, 0 where absent);
+    records the size of each evaluation call and which sample each row was for."""
+
+    def __init__(self, n: int, m: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, m, generator=g, dtype=torch.float64)
+        self.x[:, :2] = 0.0  # features the game ignores: ties in gain
+        self.w = torch.randn(n, m, 6, generator=g, dtype=torch.float64)
+        self.u = torch.randn(6, generator=g, dtype=torch.float64)
+        self.calls: list[int] = []
+        self.rows = torch.zeros(n, dtype=torch.long)
+
+    def __call__(self, sample: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(sample))
+        self.rows += torch.bincount(sample, minlength=len(self.rows))
+        return self.value(sample, masks)
+
+    def value(self, sample: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        hidden = torch.einsum("pm,pmh->ph", masks.double() * self.x[sample], self.w[sample])
+        return torch.tanh(hidden) @ self.u + 0.1 * masks.double().sum(1)
+
+    def ends(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n, m = self.x.shape
+        every = torch.arange(n)
+        return (self.value(every, torch.zeros(n, m, dtype=torch.bool)),
+                self.value(every, torch.ones(n, m, dtype=torch.bool)))
+
+
+def _owen_depth_first(game: _ToyGame, i: int, tree: PartitionTree) -> np.ndarray:
+    """Owen values of sample i by shap's recursion (fixed_context=None) unrolled depth first, no budget."""
+    m = tree.n_leaves
+    credit = np.zeros(m)
+    value = lambda mask: float(game.value(torch.tensor([i]), torch.as_tensor(mask)[None]))  # noqa: E731
+
+    def visit(m00: np.ndarray, f00: float, f11: float, node: int, weight: float) -> None:
+        if node < m:
+            credit[node] += (f11 - f00) * weight
+            return
+        lo, hi = tree.left[node], tree.right[node]
+        m10, m01 = m00 | tree.members[lo], m00 | tree.members[hi]
+        f10, f01 = value(m10), value(m01)
+        for args in ((m00, f00, f10, lo), (m00, f00, f01, hi), (m01, f01, f11, lo), (m10, f10, f11, hi)):
+            visit(*args, weight / 2)
+
+    visit(np.zeros(m, bool), value(np.zeros(m, bool)), value(np.ones(m, bool)), tree.root, 1.0)
+    return credit
+
+
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (2, 4), (3, 5), (8, 8), (7, 7), (13, 1)])
+def test_partition_full_expansions_count_every_visit_below_a_node(h: int, w: int) -> None:
+    tree = grid_tree(h, w)
+    for node in (tree.root, tree.left[tree.root], tree.right[tree.root]):
+        if node < 0:
+            continue
+        stack, visits = [node], 0  # every visit of an internal node creates 4: both children in 2 contexts
+        while stack:
+            top = stack.pop()
+            if top >= tree.n_leaves:
+                visits += 1
+                stack += [tree.left[top], tree.right[top]] * 2
+        assert tree.full_expansions[node] == visits
+    assert (tree.full_expansions[:tree.n_leaves] == 0).all()
+    assert owen_expansions(tree, 10**9) == tree.full_expansions[tree.root]
+    assert len(tree.whole.coalitions) == 2 * tree.full_expansions[tree.root]
+
+
+@pytest.mark.parametrize(("h", "w"), [(2, 4), (3, 5), (8, 1)])
+def test_partition_whole_tree_is_the_exact_owen_recursion_in_one_call(h: int, w: int) -> None:
+    # with the whole tree affordable every visit is expanded, so the order cannot matter: one call evaluates
+    # every coalition and gives the recursion's values, done depth first or in best-first rounds
+    tree, n = grid_tree(h, w), 4
+    game = _ToyGame(n, h * w)
+    expansions = owen_expansions(tree, 10**9)
+    whole = owen_values(tree, expansions, *game.ends(), game)
+    assert game.calls == [n * 2 * expansions]
+    for i in range(n):
+        np.testing.assert_allclose(whole[i].numpy(), _owen_depth_first(game, i, tree), rtol=0, atol=1e-12)
+    game.calls.clear()
+    best_first = owen_values(tree, expansions, *game.ends(), game, whole_tree=False, min_visits=1)
+    assert len(game.calls) > 3 and (game.rows == 4 * expansions).all()
+    torch.testing.assert_close(whole, best_first, rtol=0, atol=1e-12)
+    # the coalitions shared by every sample, evaluated by the caller (with v(∅) and f(x)): no call at all
+    game.calls.clear()
+    known = owen_known_coalitions(tree, expansions)
+    v = game.value(torch.arange(n).repeat_interleave(len(known)), torch.tensor(known).repeat(n, 1))
+    shared = owen_values(tree, expansions, *game.ends(), game, known=v.reshape(n, len(known)))
+    assert game.calls == []
+    torch.testing.assert_close(shared, whole, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("max_evals", [4, 12, 37, 100, 500])
+def test_partition_truncated_rounds_keep_efficiency_and_the_budget(max_evals: int) -> None:
+    tree, n = grid_tree(7, 7), 5
+    game = _ToyGame(n, 49, seed=1)
+    f_empty, f_full = game.ends()
+    expansions = owen_expansions(tree, max_evals)
+    assert expansions < tree.full_expansions[tree.root]
+    phi = owen_values(tree, expansions, f_empty, f_full, game)
+    torch.testing.assert_close(phi.sum(1), f_full - f_empty, rtol=0, atol=1e-12)
+    assert (game.rows == 2 * expansions).all()  # exactly the declared evaluations, every sample
+    if expansions >= 1 + 4 + 8 + 8:  # the root, its 4 child visits, 8 (min_visits) of 16, no fold yet
+        assert game.calls[:3] == [2 * n * k for k in (1, 4, 8)]
+    # the root's halves evaluated by the caller: the same values, 2 rows fewer per sample
+    known = torch.tensor(owen_known_coalitions(tree, expansions))
+    v = game.value(torch.arange(n).repeat_interleave(2), known.repeat(n, 1)).reshape(n, 2)
+    game.rows.zero_()
+    torch.testing.assert_close(owen_values(tree, expansions, f_empty, f_full, game, known=v), phi, rtol=0, atol=0)
+    assert (game.rows == 2 * expansions - 2).all()
 
 
 # ------------------------------------------------------------------------------------------ Deep and gradient SHAP
