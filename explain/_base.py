@@ -23,7 +23,7 @@ from xaudit.models._errors import XauditError, did_you_mean
 
 from ._cost import Cost, CostMeter, EvalCounter
 from ._flops import flop_profile
-from ._memory import DEFAULT_MEMORY_BUDGET_BYTES, parse_bytes, row_memory, rows_for_budget
+from ._memory import DEFAULT_MEMORY_BUDGET_BYTES, GRADIENT_CALL_SLACK, parse_bytes, row_memory, rows_for_budget
 from ._model_call import (  # noqa: F401 - re-exported: the methods import them from here
     CountingModel,
     _as_batch,
@@ -139,6 +139,9 @@ class Explainer:
     #: Whether the method evaluates its rows at most ``ctx.row_batch`` at a time across all samples of a chunk,
     #: never all of one sample's rows at once; then chunks need not shrink with ``rows_per_sample``.
     streams_rows: ClassVar[bool] = False
+    #: Memory per row in flight relative to a plain gradient call's (a rule that keeps more per activation, or
+    #: reference activations held for the whole call, declares more); scales the memory budget's planning.
+    memory_factor: ClassVar[float] = 1.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -232,7 +235,7 @@ class Explainer:
         budget = parse_bytes(memory_budget) if memory_budget is not None else DEFAULT_MEMORY_BUDGET_BYTES
         memory = row_memory(self.model, inputs[:1])
         row_batch = rows_for_budget(memory, budget, self.name, inputs[:1].numel() * inputs.element_size(),
-                                    device=inputs.device)
+                                    device=inputs.device, factor=self._memory_factor())
         if batch_size is not None and int(batch_size) < 1:
             raise XauditError(f"batch_size must be at least 1, got {batch_size}")
         rows = 1 if self.streams_rows else max(self.counts_for(inputs.shape[1:])[0], 1)
@@ -286,13 +289,18 @@ class Explainer:
         n = len(inputs)
         n_chunks = -(-n // per_chunk)
         memory = row_memory(self.model, inputs[:1])
+        per_row = memory.bytes_per_row * self._memory_factor()
         rows_in_flight = min(row_batch, per_chunk * rows)
         # the float32 attributions returned, filled in place chunk by chunk (see explain)
         result_bytes = inputs[:1].numel() * 4 * n
         return CostPrediction(n_samples=n, forward_evals=fwd * n + once_fwd, backward_evals=bwd * n + once_bwd,
                               wall_s=n_chunks * per_call + n * per_sample,
-                              peak_bytes=memory.fixed_bytes + rows_in_flight * memory.bytes_per_row + result_bytes,
+                              peak_bytes=int(memory.fixed_bytes + rows_in_flight * per_row + result_bytes),
                               samples_per_chunk=per_chunk, row_batch=row_batch)
+
+    def _memory_factor(self) -> float:
+        """Bytes per row in flight, per byte of the model's row estimate, that the budget plans with."""
+        return self.memory_factor * (GRADIENT_CALL_SLACK if self.uses_gradients else 1.0)
 
     def _checked(self, inputs: Any) -> torch.Tensor:
         inputs = _as_batch(inputs)

@@ -252,6 +252,9 @@ class DeepLift(_HookRuleExplainer):
     rule_functions = NONLINEAR_FUNCTIONS
     #: captum's DeepLift default: below this |x − x₀| a module's multiplier is its local derivative.
     eps = 1e-10
+    # the rule keeps each activation's input and output and makes Δ temporaries in the backward pass: measured
+    # 1.9-2.2× the row estimate on the 32×32 digits CNN, against 1.3-1.7× for a plain gradient
+    memory_factor = 1.4
 
     def __init__(self, model: nn.Module, *, baseline: float = 0.0) -> None:
         super().__init__(model)

@@ -1,0 +1,54 @@
+"""A call stays under its memory budget: the peak RSS it adds, less the attributions it returns, measured in a
+fresh interpreter (in a long session the allocator reuses pages freed by earlier tests, which would hide the
+call's own), on a budget tight enough to cut the rows per model call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from xaudit.explain import available_methods, get_explainer
+from xaudit.explain._cost import _can_reset_peak
+
+#: Tight enough to cut the rows per call below the CPU cap of 128 (forward-only methods plan less per row).
+BUDGET = {"gradient": 24 * 1024**2, "forward": 10 * 1024**2}
+
+_MEASURE = """
+import json, sys, torch, warnings
+warnings.filterwarnings("ignore")
+from xaudit.explain import get_explainer
+from xaudit.explain._memory import cpu_row_cap, row_memory
+from xaudit.models import build_model
+torch.set_num_threads(1)
+method, budget = sys.argv[1], int(sys.argv[2])
+model = build_model("cnn", (1, 32, 32), 10, seed=0, hidden=8).eval()
+x = torch.rand(300, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+params = {"integrated_gradients": {"n_steps": 16}, "smoothgrad": {"n_samples": 8}, "shap_gradient": {"nsamples": 64},
+          "lime": {"num_samples": 200}, "shap_kernel": {"nsamples": 64}, "shap_partition": {"max_evals": 64}}
+explainer = get_explainer(method)(model, **params.get(method, {}))
+if explainer.needs_background:
+    explainer.fit(x[:32])
+n = 300 if explainer.default_batch_size >= 256 and method not in params else 24
+explainer.explain(x[:2], 0, memory_budget=budget)  # first-call allocations (libraries' lazy imports, caches)
+exp = explainer.explain(x[:n], 0, memory_budget=budget)
+print(json.dumps({"peak": exp.cost.peak_rss_bytes, "result": x[:n].numel() * 4, "row_batch": exp.plan["row_batch"],
+                  "cap": cpu_row_cap(row_memory(model, x[:1]))}))
+"""
+
+_METHODS = [m for m in available_methods() if get_explainer(m).uses_gradients or m in ("occlusion", "lime")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_reset_peak(),
+                    reason="needs Linux's resettable VmHWM for a per-call peak")
+@pytest.mark.parametrize("method", _METHODS)
+def test_a_call_stays_under_a_tight_memory_budget(method: str) -> None:
+    budget = BUDGET["gradient" if get_explainer(method).uses_gradients else "forward"]
+    out = subprocess.run([sys.executable, "-c", _MEASURE, method, str(budget)], check=True, capture_output=True,
+                         text=True, timeout=300)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["row_batch"] < r["cap"], "the budget no longer limits the rows: tighten it"
+    working = r["peak"] - r["result"]
+    assert working <= budget, f"{method}: {working / 2**20:.1f} MiB over a {budget / 2**20:.0f} MiB budget ({r})"
