@@ -14,7 +14,11 @@ below ``eps`` the multiplier falls back to the local derivative, as both librari
 their own gradient, which is what the libraries' passthrough rules give.
 
 So the reference is evaluated once per call instead of once per sample, and the backward pass covers the
-N input rows only: one forward and one backward per sample. Both libraries' values are reproduced:
+N input rows only: one forward and one backward per sample. On the benchmark's digits CNN that made deeplift
+0.25-0.44× captum's time and shap_deep 0.04-0.05× shap's. The rule's own elementwise passes (about ten per
+activation, against one for a ReLU's plain backward) remain: 1.2-1.3× a plain forward+backward at 32×32 and
+1.5-1.8× at 8×8, where an 8-16-channel 3×3 convolution does little arithmetic per activation. Both libraries'
+values are reproduced:
 
 - captum's DeepLift (eps 1e-10) multiplies the gradient of the input rows by (x − x₀); its fallback is the
   derivative at x;
