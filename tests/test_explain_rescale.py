@@ -157,3 +157,12 @@ def test_the_rule_leaves_the_cached_copy_as_it_was_even_when_the_call_fails() ->
     # and the next call is right again
     torch.testing.assert_close(explain(model, x, "deeplift", target=1).attributions, _captum(model, x, 1),
                                atol=1e-7, rtol=1e-5)
+
+
+def test_smoothgrad_over_deeplift_shares_one_baseline_pass_across_chunks_and_noisy_copies() -> None:
+    model = build_model("cnn", (1, 8, 8), 10, seed=0, hidden=8).eval()
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    explainer = get_explainer("smoothgrad")(model, base="deeplift", n_samples=4)
+    cost, predicted = explainer.explain(x, batch_size=2).cost, explainer.predict_cost(x, batch_size=2)
+    assert (cost.forward_evals, cost.backward_evals) == (5 * 4 + 1, 5 * 4)  # 3 chunks, one baseline pass
+    assert (predicted.forward_evals, predicted.backward_evals) == (cost.forward_evals, cost.backward_evals)
