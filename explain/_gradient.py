@@ -212,6 +212,20 @@ class _HookRuleExplainer(Explainer):
         raise NotImplementedError(f"{type(self).__name__} must implement _run_rule")
 
 
+def _target_gradient(model: nn.Module, inputs: torch.Tensor,
+                     targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient of each row's target output with respect to the inputs, the target outputs), one backward."""
+    with torch.enable_grad():
+        x = inputs.detach().requires_grad_(True)
+        out = model(x)
+        if out.dim() != 2:
+            raise XauditError("the model's output for the target is not one number per input: return "
+                              "N×classes logits from forward")
+        picked = out[torch.arange(len(x), device=x.device), targets]
+        (grad,) = torch.autograd.grad(picked.sum(), x)
+    return grad, picked.detach()
+
+
 class _RecordingModel(nn.Module):
     """Keeps the raw output of the last forward pass (captum's DeepLift reshapes it in a hook)."""
 
@@ -299,17 +313,9 @@ class DeepLift(_HookRuleExplainer):
                     f_base = model(torch.full((1, *inputs.shape[1:]), self.baseline, dtype=inputs.dtype,
                                               device=inputs.device))
                 ctx.memo[key] = (rule.references, f_base)
-            with torch.enable_grad():
-                x = inputs.detach().requires_grad_(True)
-                out = model(x)
-                if out.dim() != 2:
-                    raise XauditError("the model's output for the target is not one number per input: return "
-                                      "N×classes logits from forward")
-                rows = torch.arange(len(x), device=x.device)
-                picked = out[rows, targets]
-                (grad,) = torch.autograd.grad(picked.sum(), x)
-        attr = grad * (x.detach() - self.baseline)
-        gap = picked.detach() - f_base[0, targets]
+            grad, picked = _target_gradient(model, inputs, targets)
+        attr = grad * (inputs.detach() - self.baseline)
+        gap = picked - f_base[0, targets]
         return attr, {"convergence_delta": attr.flatten(1).sum(1) - gap}
 
 
@@ -338,14 +344,7 @@ class GuidedBackprop(_HookRuleExplainer):
                   safe: nn.Module) -> torch.Tensor:
         handles = [m.register_forward_hook(_clamp_output_gradient) for m in model.modules() if isinstance(m, nn.ReLU)]
         try:
-            with torch.enable_grad():
-                x = inputs.detach().requires_grad_(True)
-                out = model(x)
-                if out.dim() != 2:
-                    raise XauditError("the model's output for the target is not one number per input: return "
-                                      "N×classes logits from forward")
-                rows = torch.arange(len(x), device=x.device)
-                (grad,) = torch.autograd.grad(out[rows, targets].sum(), x)
+            grad, _ = _target_gradient(model, inputs, targets)
         finally:
             for handle in handles:
                 handle.remove()
