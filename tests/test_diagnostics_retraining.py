@@ -15,15 +15,6 @@ from xaudit.models._train import TrainConfig, evaluate, train_model
 QUICK = TrainConfig(epochs=8, lr=3e-3, batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models train fastest on one thread; two threads on a busy 2-core machine can be 5× slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _sequences(n: int, seed: int, *, local: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Two classes of 32-step signals. ``local``: the class is the ORDER of a 4-step motif at a random place
     (+ + − − against + − + −: same values, same sum), which a fixed permutation of time steps scrambles.

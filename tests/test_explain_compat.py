@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
 
 import pytest
 import torch
@@ -16,14 +15,6 @@ from xaudit.explain import check_hook_compat, explain, get_explainer
 from xaudit.explain._base import needs_cudnn_rnn_workaround
 from xaudit.explain._compat import hook_safe_copy
 from xaudit.models._errors import XauditError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def net(relu_a: nn.Module, relu_b: nn.Module) -> nn.Sequential:

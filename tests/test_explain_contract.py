@@ -75,15 +75,6 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 CASES = [(m, k) for m in available_methods() for k in MODELS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    # tiny models: torch's intra-op threads only add contention (100× slower on a loaded 2-core machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(kind: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """(model in eval mode, inputs, background), the same every time."""
     factory, shape = MODELS[kind]

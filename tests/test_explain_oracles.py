@@ -12,15 +12,6 @@ from torch import nn
 from xaudit.explain import explain, flop_profile, get_explainer, lstm_forward_flops, model_guard
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    # tiny models: torch's intra-op threads only add contention on a loaded machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def seeded_init(factory: Any) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
