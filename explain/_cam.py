@@ -83,6 +83,9 @@ class GradCAM(Explainer):
         first = next((m for m in self.model.modules() if isinstance(m, nn.Conv1d)), None)
         return first is None or first.in_channels == features or first.in_channels != steps
 
+    def _prepare(self, sample: torch.Tensor) -> None:
+        library("captum.attr")  # the upsampling of the map
+
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> torch.Tensor:
         name, layer = self._layer()

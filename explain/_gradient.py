@@ -33,7 +33,15 @@ def _captum_attr() -> Any:
     return library("captum.attr")
 
 
-class Saliency(Explainer):
+class _CaptumMethod:
+    """Mixin of the methods that call captum: it is imported before a call is metered."""
+
+    def _prepare(self, sample: torch.Tensor) -> None:
+        _captum_attr()
+        library("captum._utils.common")
+
+
+class Saliency(_CaptumMethod, Explainer):
     """Absolute input gradient of the target logit (Simonyan et al. 2014, eq. 2)."""
 
     name = "saliency"
@@ -122,7 +130,7 @@ def _ig_once_nodes() -> type:
     return _CaptumIGOnceNodes
 
 
-class IntegratedGradients(Explainer):
+class IntegratedGradients(_CaptumMethod, Explainer):
     """Path integral of gradients from a baseline to the input (Sundararajan et al. 2017, eq. 1).
 
     Satisfies completeness: attributions sum to f(x) - f(baseline); the per-sample gap is returned in
@@ -166,7 +174,7 @@ class IntegratedGradients(Explainer):
         return attr, {"convergence_delta": delta}
 
 
-class InputXGradient(Explainer):
+class InputXGradient(_CaptumMethod, Explainer):
     """Input times its gradient, a first-order Taylor term (Shrikumar et al. 2016; Ancona et al. 2018, eq. 3)."""
 
     name = "input_x_gradient"
@@ -195,11 +203,17 @@ class _HookRuleExplainer(Explainer):
     #: Whether the rule keeps a call's input and output on the module (then each may run once per pass).
     rule_keeps_state: ClassVar[bool] = True
 
+    def _safe_copy(self, sample: torch.Tensor) -> nn.Module:
+        return cached_hook_safe_copy(self.model, sample, self.name, rule_modules=self.rule_modules,
+                                     functions=self.rule_functions, one_call_per_module=self.rule_keeps_state)
+
+    def _prepare(self, sample: torch.Tensor) -> None:
+        self._safe_copy(sample)  # deep copy and probe pass, made once per model structure
+
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert isinstance(model, CountingModel)
-        safe = cached_hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=self.rule_modules,
-                                     functions=self.rule_functions, one_call_per_module=self.rule_keeps_state)
+        safe = self._safe_copy(inputs[:1].detach())
         with warnings.catch_warnings():
             # captum announces on every call that it sets hooks; here they live on a throw-away copy
             warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks")
@@ -279,6 +293,11 @@ class DeepLift(_HookRuleExplainer):
 
     def _native(self) -> bool:
         return rescale_ready(self.model, RESCALE_MODULES)
+
+    def _prepare(self, sample: torch.Tensor) -> None:
+        super()._prepare(sample)
+        if not self._native():
+            _captum_attr()
 
     def rows_per_sample(self) -> int:
         # through captum, inputs and baselines go through the model together, so chunks hold half the samples
@@ -404,6 +423,9 @@ class SmoothGrad(Explainer):
     def expected_evals(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
         fwd, bwd = self._base_counts(sample_shape)[1]
         return self.n_samples * fwd, self.n_samples * bwd
+
+    def _prepare(self, sample: torch.Tensor) -> None:
+        self.base_explainer._prepare(sample)
 
     def evals_per_call(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
         # the base method's reference pass is shared by all noisy copies (the call's memo keeps it)

@@ -245,6 +245,12 @@ class ShapDeep(ShapExplainer):
     def _native(self) -> bool:
         return rescale_ready(self.model, SHAP_RESCALE_MODULES)
 
+    def _prepare(self, sample: torch.Tensor) -> None:
+        if self._native():
+            cached_hook_safe_copy(self.model, sample, self.name, rule_modules=_DEEP_RULES)
+        else:
+            library("shap")
+
     def rows_per_sample(self, sample_shape: Sequence[int] | None = None) -> int:
         return (1 if self._native() else 2) * self._n_background()
 

@@ -182,7 +182,9 @@ class CostSection(Section):
             "device": str(ctx.device),
             "n_samples": len(ctx.indices),
             "warmup": "each method ran once, untimed, on one sample before the measured call",
-            "timing": "wall: time.perf_counter (CUDA events on GPU); CPU: time.process_time, all threads summed",
+            "timing": ("wall: time.perf_counter (CUDA events on GPU); CPU: time.process_time, all threads summed; "
+                       "one-time setup (importing the library a method calls, its private model copy) is done "
+                       "before the clock starts"),
             "memory": _memory_note({c["memory_source"] for c in costs}),
             "flops": "forward + input-gradient backward FLOPs of one sample × the counted model evaluations",
             "energy_sources": energy_sources,
