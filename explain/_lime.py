@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -246,6 +247,14 @@ class Lime(Explainer):
                 "segmentation": self.segmentation, "features": self.features, "segment_size": self.segment_size,
                 "segmentation_params": dict(self.segmentation_params),
                 "feature_selection": self.feature_selection, "num_features": self.num_features}
+
+    def _prepare(self, sample: torch.Tensor) -> None:
+        _blas_controller()  # threadpoolctl inspects the loaded BLAS libraries once
+        if input_kind(sample.shape[1:]) == "image" and self.segmentation != "grid":
+            importlib.import_module("skimage.segmentation")  # scikit-image's import is setup, not the call's cost
+        if self.feature_selection == "lasso_path" or (self.feature_selection != "none"
+                                                       and self.num_features is not None):
+            importlib.import_module("lime.lime_base")  # imports scikit-learn
 
     def rows_per_sample(self) -> int:
         return self.num_samples
