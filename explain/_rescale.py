@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from xaudit.models._errors import XauditError
+
 from ._compat import ACTIVATION_MODULES
 
 #: Elementwise activations with a rescale rule in both captum's DeepLift and shap's DeepExplainer.
@@ -134,6 +136,13 @@ class RescaleRule:
         except KeyError:
             raise RuntimeError(f"no reference activation recorded for {type(module).__name__}: run the "
                                "reference through the model inside recording() first") from None
+        if x.shape[1:] != x0.shape[1:] or x.shape[0] % x0.shape[0]:
+            # rows must line up with the reference rows: an activation over a sequence-first (T×N×…) tensor
+            # would pair the wrong values (captum's and shap's hooks split such tensors wrongly too)
+            raise XauditError(
+                f"the rescale rule pairs each row of an activation's input with the reference's, but "
+                f"{type(module).__name__} got shape {tuple(x.shape)} where the reference gave {tuple(x0.shape)}: "
+                "keep the batch as the first dimension of every activation's input (batch_first)")
         return _Rescale.apply(x, x0, y0, module, self.eps, self.at_reference)
 
 

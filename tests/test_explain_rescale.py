@@ -14,6 +14,7 @@ from torch import nn
 from xaudit.explain import explain, get_explainer
 from xaudit.explain._compat import _SAFE_COPIES
 from xaudit.models import build_model
+from xaudit.models._errors import XauditError
 
 warnings.filterwarnings("ignore", message=r"Setting (forward, )?backward hooks")
 
@@ -166,3 +167,23 @@ def test_smoothgrad_over_deeplift_shares_one_baseline_pass_across_chunks_and_noi
     cost, predicted = explainer.explain(x, batch_size=2).cost, explainer.predict_cost(x, batch_size=2)
     assert (cost.forward_evals, cost.backward_evals) == (5 * 4 + 1, 5 * 4)  # 3 chunks, one baseline pass
     assert (predicted.forward_evals, predicted.backward_evals) == (cost.forward_evals, cost.backward_evals)
+
+
+class _SequenceFirst(nn.Module):
+    """An MLP over time steps that puts time first before its activation (T×N×H), as seq-first code does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.act, self.head = nn.Linear(3, 4), nn.ReLU(), nn.Linear(4 * 5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N×T×F
+        h = self.act(self.inner(x).transpose(0, 1))  # T×N×H
+        return self.head(h.transpose(0, 1).flatten(1))
+
+
+def test_an_activation_over_a_sequence_first_tensor_is_refused_in_one_line() -> None:
+    torch.manual_seed(6)
+    model = _SequenceFirst().eval()
+    with pytest.raises(XauditError, match=r"keep the batch as the first dimension") as err:
+        explain(model, torch.rand(3, 5, 3), "deeplift", target=0)
+    assert "\n" not in str(err.value)
