@@ -19,6 +19,7 @@ from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer, _call_with_shape, get_explainer
 from ._compat import ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, cached_hook_safe_copy, library
+from ._model_call import target_gradient
 from ._rescale import RESCALE_MODULES, rescale_ready, rescale_rule
 
 #: The activation modules captum's DeepLift has a rescale rule for (``captum.attr._core.deep_lift.
@@ -226,20 +227,6 @@ class _HookRuleExplainer(Explainer):
         raise NotImplementedError(f"{type(self).__name__} must implement _run_rule")
 
 
-def _target_gradient(model: nn.Module, inputs: torch.Tensor,
-                     targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gradient of each row's target output with respect to the inputs, the target outputs), one backward."""
-    with torch.enable_grad():
-        x = inputs.detach().requires_grad_(True)
-        out = model(x)
-        if out.dim() != 2:
-            raise XauditError("the model's output for the target is not one number per input: return "
-                              "N×classes logits from forward")
-        picked = out[torch.arange(len(x), device=x.device), targets]
-        (grad,) = torch.autograd.grad(picked.sum(), x)
-    return grad, picked.detach()
-
-
 class _RecordingModel(nn.Module):
     """Keeps the raw output of the last forward pass (captum's DeepLift reshapes it in a hook)."""
 
@@ -332,7 +319,7 @@ class DeepLift(_HookRuleExplainer):
                     f_base = model(torch.full((1, *inputs.shape[1:]), self.baseline, dtype=inputs.dtype,
                                               device=inputs.device))
                 ctx.memo[key] = (rule.references, f_base)
-            grad, picked = _target_gradient(model, inputs, targets)
+            grad, picked = target_gradient(model, inputs, targets)
         attr = grad * (inputs.detach() - self.baseline)
         gap = picked - f_base[0, targets]
         return attr, {"convergence_delta": attr.flatten(1).sum(1) - gap}
@@ -363,7 +350,7 @@ class GuidedBackprop(_HookRuleExplainer):
                   safe: nn.Module) -> torch.Tensor:
         handles = [m.register_forward_hook(_clamp_output_gradient) for m in model.modules() if isinstance(m, nn.ReLU)]
         try:
-            grad, _ = _target_gradient(model, inputs, targets)
+            grad, _ = target_gradient(model, inputs, targets)
         finally:
             for handle in handles:
                 handle.remove()

@@ -86,6 +86,20 @@ class CountingModel(nn.Module):
         return out
 
 
+def target_gradient(model: nn.Module, inputs: torch.Tensor,
+                     targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient of each row's target output with respect to the inputs, the target outputs), one backward."""
+    with torch.enable_grad():
+        x = inputs.detach().requires_grad_(True)
+        out = model(x)
+        if out.dim() != 2:
+            raise XauditError("the model's output for the target is not one number per input: return "
+                              "N×classes logits from forward")
+        picked = out[torch.arange(len(x), device=x.device), targets]
+        (grad,) = torch.autograd.grad(picked.sum(), x)
+    return grad, picked.detach()
+
+
 @contextlib.contextmanager
 def seeded(seed: int | None) -> Iterator[None]:
     """Seed torch's and numpy's global generators for the block, then give the caller's states back."""

@@ -22,6 +22,7 @@ from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer
 from ._compat import cached_hook_safe_copy, hook_safe_copy, library
+from ._model_call import target_gradient
 from ._rescale import SHAP_RESCALE_MODULES, rescale_ready, rescale_rule
 
 #: The activation modules shap's DeepExplainer has a DeepLIFT rule for (``deep_pytorch.op_handler``); any
@@ -236,8 +237,7 @@ class ShapDeep(ShapExplainer):
         reason = super().unsupported_reason(sample_shape)
         if reason is None:
             try:
-                cached_hook_safe_copy(self.model, _probe(self.model, sample_shape), self.name,
-                                      rule_modules=_DEEP_RULES)
+                self._safe_copy(_probe(self.model, sample_shape))
             except XauditError as err:
                 return str(err)
         return reason
@@ -245,9 +245,13 @@ class ShapDeep(ShapExplainer):
     def _native(self) -> bool:
         return rescale_ready(self.model, SHAP_RESCALE_MODULES)
 
+    def _safe_copy(self, sample: torch.Tensor) -> nn.Module:
+        """The cached hook-safe copy the native rule runs on (also the check that the model allows one)."""
+        return cached_hook_safe_copy(self.model, sample, self.name, rule_modules=_DEEP_RULES)
+
     def _prepare(self, sample: torch.Tensor) -> None:
         if self._native():
-            cached_hook_safe_copy(self.model, sample, self.name, rule_modules=_DEEP_RULES)
+            self._safe_copy(sample)
         else:
             library("shap")
 
@@ -270,7 +274,7 @@ class ShapDeep(ShapExplainer):
     def _attribute_native(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                           ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         background = self._background_for(inputs)
-        safe = cached_hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=_DEEP_RULES)
+        safe = self._safe_copy(inputs[:1].detach())
         counted = _counted(model, safe)
         n, shape = len(inputs), inputs.shape[1:]
         group = max(1, min(len(background), ctx.row_batch))  # references per pass
@@ -294,13 +298,11 @@ class ShapDeep(ShapExplainer):
                 for s0 in range(0, n, per_pass):
                     xs = x[s0:s0 + per_pass]
                     m = len(xs)
-                    with torch.enable_grad():
-                        rows = xs.repeat_interleave(k, dim=0).requires_grad_(True)  # (sample, reference) order
-                        out = counted(rows).gather(1, targets[s0:s0 + m].repeat_interleave(k)[:, None])
-                        (grad,) = torch.autograd.grad(out.sum(), rows)
+                    rows = xs.repeat_interleave(k, dim=0)  # (sample, reference) order
+                    grad, out = target_gradient(counted, rows, targets[s0:s0 + m].repeat_interleave(k))
                     diff = xs[:, None] - refs[None]
                     phi[s0:s0 + m] += (grad.view(m, k, *shape) * diff).sum(1).double()  # shap sums in float32
-                    f_x[s0:s0 + m] = out.detach().view(m, k)[:, 0].double()
+                    f_x[s0:s0 + m] = out.view(m, k)[:, 0].double()
         phi /= len(background)
         base /= len(background)
         gap = phi.flatten(1).sum(1) - (f_x - base)
@@ -311,6 +313,7 @@ class ShapDeep(ShapExplainer):
         shap = library("shap")
 
         background = self._background_for(inputs)
+        # a fresh copy per call: shap leaves its hooks' attributes on the modules it ran through
         safe = hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=_DEEP_RULES)
         head = _TargetLogit(_counted(model, safe))
         group = max(1, ctx.row_batch // 2)
