@@ -187,3 +187,17 @@ def test_an_activation_over_a_sequence_first_tensor_is_refused_in_one_line() -> 
     with pytest.raises(XauditError, match=r"keep the batch as the first dimension") as err:
         explain(model, torch.rand(3, 5, 3), "deeplift", target=0)
     assert "\n" not in str(err.value)
+
+
+def test_shap_deep_equals_shap_for_every_elementwise_activation_with_exact_ties() -> None:
+    # a reference equal to an input makes Δx = 0 everywhere for that pair: shap's fallback (the derivative at
+    # the reference) runs through autograd for the non-ReLU activations
+    model = _mixed()
+    gen = torch.Generator().manual_seed(3)
+    x, background = torch.rand(4, 1, 8, 8, generator=gen), torch.rand(6, 1, 8, 8, generator=gen)
+    background[0] = x[0]
+    target = torch.tensor([1, 0, 2, 1])
+    ours = get_explainer("shap_deep")(model).fit(background).explain(x, target).attributions
+    theirs = _shap_deep(model, x, background, target)
+    assert theirs.abs().max() > 1e-4
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-4)
