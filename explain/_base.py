@@ -253,7 +253,7 @@ class Explainer:
         stack.enter_context(model_guard(self.model))
         if needs_cudnn_rnn_workaround(self.model, device):
             stack.enter_context(torch.backends.cudnn.flags(enabled=False))
-        stack.enter_context(seeded(seed if self.is_stochastic else None))
+        stack.enter_context(seeded(seed if self.is_stochastic else None, device))
         return stack
 
     def predict_cost(self, inputs: torch.Tensor, *, batch_size: int | None = None,

@@ -150,7 +150,7 @@ class QualityMetric:
                 profile = flop_profile(model, explanations[0].inputs[:1].to(device))
                 flops = ((profile.forward, profile.backward), profile.source)
                 counting = CountingModel(model, counter)
-            stack.enter_context(seeded(seed))
+            stack.enter_context(seeded(seed, device))
             ctx = MetricContext(model=counting, raw_model=model, counter=counter, device=device, seed=seed,
                                 background=background)
             with CostMeter(n, device=device, counter=counter, flops_per_eval=flops[0] if flops else None,

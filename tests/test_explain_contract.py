@@ -250,6 +250,37 @@ def test_empty_batch_is_one_line() -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_inputs_are_one_line(bad: float) -> None:
+    model, x, _ = build("cnn2d")
+    x = x.clone()
+    x[1, 0, 2, 3] = bad
+    with pytest.raises(XauditError, match="NaN or Inf") as err:
+        explain(model, x, method="saliency")
+    assert "\n" not in str(err.value)
+
+
+def test_finite_inputs_whose_sum_overflows_are_accepted() -> None:
+    # the finite check sums first; a sum that overflows must fall back to checking each value
+    model, x, _ = build("cnn2d")
+    huge = torch.full_like(x, 3e38)
+    assert not torch.isfinite(huge.sum())
+    assert explain(model, huge, method="saliency").attributions.shape == x.shape
+
+
+def test_seeding_a_call_touches_no_generator_it_does_not_restore(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.manual_seed would also seed every CUDA/XPU/MTIA device, whose states the call does not give back
+    model, x, _ = build("cnn2d")
+    seeded_everywhere: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded_everywhere.append(seed))
+    state = torch.random.get_rng_state()
+    first = explain(model, x, method="smoothgrad", seed=7, n_samples=3).attributions
+    assert seeded_everywhere == []
+    assert torch.equal(state, torch.random.get_rng_state())
+    torch.testing.assert_close(explain(model, x, method="smoothgrad", seed=7, n_samples=3).attributions, first,
+                               rtol=0, atol=0)
+
+
 def test_too_small_memory_budget_says_how_much_is_needed() -> None:
     model, x, _ = build("cnn2d")
     with pytest.raises(XauditError, match=r"needs about [0-9.]+ (B|KiB|MiB)") as err:
