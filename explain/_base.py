@@ -267,6 +267,7 @@ class Explainer:
         inputs = self._checked(inputs)
         device = _model_device(self.model)
         with self._call_guard(device, 0):
+            _n_outputs(self.model, inputs[:2].to(device))  # the inputs fit the model, or a one-line error
             per_chunk, row_batch = self._plan(inputs, batch_size, memory_budget)
             probe = inputs[:max(1, min(probe_samples, per_chunk))].to(device)
             targets = self._resolve_targets(probe, None)
@@ -296,8 +297,8 @@ class Explainer:
         memory = row_memory(self.model, inputs[:1])
         per_row = memory.bytes_per_row * self._memory_factor()
         rows_in_flight = min(row_batch, per_chunk * rows)
-        # the float32 attributions returned, filled in place chunk by chunk (see explain)
-        result_bytes = inputs[:1].numel() * 4 * n
+        # the attributions returned, filled in place chunk by chunk (see explain)
+        result_bytes = inputs[:1].numel() * _attribution_dtype(inputs.dtype).itemsize * n
         return CostPrediction(n_samples=n, forward_evals=fwd * n + once_fwd, backward_evals=bwd * n + once_bwd,
                               wall_s=n_chunks * per_call + n * per_sample,
                               peak_bytes=int(memory.fixed_bytes + rows_in_flight * per_row + result_bytes),
@@ -329,6 +330,7 @@ class Explainer:
         counting = CountingModel(self.model, counter)
         with self._call_guard(device, seed):
             x_dev = inputs.to(device)
+            _n_outputs(self.model, x_dev)  # the inputs fit the model, or a one-line error (cached per shape)
             per_chunk, row_batch = self._plan(x_dev, batch_size, memory_budget)
             ctx = CallContext(row_batch=row_batch, seed=seed, device=device)
             profile = flop_profile(self.model, x_dev[:1])
@@ -341,7 +343,7 @@ class Explainer:
                            flops_source=profile.source) as meter:
                 # one result tensor filled chunk by chunk: no second copy from concatenating, and no small
                 # results pinning heap pages between a chunk's temporaries (IG's peak RSS grew with n)
-                attributions = torch.empty(inputs.shape, dtype=torch.float32)
+                attributions = torch.empty(inputs.shape, dtype=_attribution_dtype(inputs.dtype))
                 extras: dict[str, torch.Tensor] = {}
                 for start in range(0, len(x_dev), per_chunk):
                     sl = slice(start, start + per_chunk)
@@ -370,9 +372,15 @@ class Explainer:
         if target is None:
             with torch.no_grad():
                 return torch.cat([self.model(x[i:i + 512]).argmax(-1) for i in range(0, n, 512)])
-        t = torch.as_tensor(target, device=x.device)
-        if t.dtype.is_floating_point or t.dtype == torch.bool:
+        try:
+            t = torch.as_tensor(target, device=x.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise XauditError(f"target must be integer class indices, got {target!r:.60}") from None
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise XauditError(f"target must be integer class indices, got dtype {t.dtype}")
+        if t.dim() > 1:
+            raise XauditError(f"target must be one class index or a flat list of one per input, got shape "
+                              f"{tuple(t.shape)}")
         t = t.long().reshape(-1)
         if t.numel() == 1:
             t = t.expand(n).clone()
@@ -384,6 +392,36 @@ class Explainer:
             raise XauditError(f"target {int(bad[0])} is out of range: the model has {n_classes} classes "
                               f"(0..{n_classes - 1})")
         return t
+
+
+def _attribution_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """float64 attributions for float64 inputs (as captum returns them); float32 otherwise, half precision
+    included, whose sums over many rows would lose digits."""
+    return torch.float64 if input_dtype == torch.float64 else torch.float32
+
+
+def _init_params(cls: type[Explainer]) -> tuple[list[str], bool]:
+    """(keyword parameters of ``cls(model, ...)``, whether it takes any other keyword too)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, model
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def check_params(cls: type[Explainer], params: Mapping[str, Any]) -> None:
+    """A one-line error, with the closest name, for a parameter ``cls`` does not take (a wrapper such as
+    smoothgrad passes the rest on to its base method, whose parameters count too)."""
+    names, open_ended = _init_params(cls)
+    if open_ended and "base" in names:
+        base = params.get("base", inspect.signature(cls.__init__).parameters["base"].default)
+        if isinstance(base, str) and base in _REGISTRY:
+            names = names + _init_params(_REGISTRY[base])[0]
+            open_ended = False
+    if open_ended:
+        return
+    for key in params:
+        if key not in names:
+            err = did_you_mean(f"{cls.name} parameter", key, names or ["(none)"])
+            raise XauditError(f"{err}; see help(xaudit.explain.{cls.__name__})")
 
 
 def _call_with_shape(count: Any, shape: tuple[int, ...]) -> Any:
@@ -408,7 +446,9 @@ def explain(model: nn.Module, inputs: torch.Tensor, method: str = "saliency",
     >>> exp = explain(model, x, method="integrated_gradients", target=3, n_steps=64)
     >>> exp.attributions.shape == x.shape
     """
-    explainer = get_explainer(method)(model, **params)
+    cls = get_explainer(method)
+    check_params(cls, params)
+    explainer = cls(model, **params)
     if explainer.needs_background:
         if background is None:
             raise XauditError(f"{method} needs background data: pass background=<a few training inputs>")

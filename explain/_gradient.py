@@ -210,9 +210,13 @@ class _HookRuleExplainer(Explainer):
     #: Whether the rule keeps a call's input and output on the module (then each may run once per pass).
     rule_keeps_state: ClassVar[bool] = True
 
+    def _keeps_state(self) -> bool:
+        """Whether the rule keeps a call's input and output on the module (``rule_keeps_state``)."""
+        return self.rule_keeps_state
+
     def _safe_copy(self, sample: torch.Tensor) -> nn.Module:
         return cached_hook_safe_copy(self.model, sample, self.name, rule_modules=self.rule_modules,
-                                     functions=self.rule_functions, one_call_per_module=self.rule_keeps_state)
+                                     functions=self.rule_functions, one_call_per_module=self._keeps_state())
 
     def _prepare(self, sample: torch.Tensor) -> None:
         self._safe_copy(sample)  # deep copy and probe pass, made once per model structure
@@ -258,7 +262,8 @@ class DeepLift(_HookRuleExplainer):
 
     On models whose activations are all elementwise (ReLU, LeakyReLU, ELU, Sigmoid, Tanh, Softplus; the
     built-in CNN) the rule runs natively (``_rescale``): the baseline goes through the model once per call
-    and each input once, forward and backward, with captum's values (tested equal to captum's DeepLift).
+    and each input once, forward and backward, with captum's values (tested equal to captum's DeepLift); an
+    activation module applied twice in ``forward`` (ResNet's basic block) pairs each call with the baseline's.
     Models with max-pooling or softmax modules go through captum, which evaluates every input next to its
     own copy of the baseline (2 rows per sample). Recurrent models are refused (see ``recurrent_reason``),
     and so are nonlinearities the rule cannot reach (functional calls, activation modules it has no case for).
@@ -286,6 +291,11 @@ class DeepLift(_HookRuleExplainer):
 
     def _native(self) -> bool:
         return rescale_ready(self.model, RESCALE_MODULES)
+
+    def _keeps_state(self) -> bool:
+        # the native rule pairs each call of a module with the reference's same call, so an activation
+        # module applied twice (ResNet's basic block) is fine there; captum's hooks keep one per module
+        return not self._native()
 
     def _prepare(self, sample: torch.Tensor) -> None:
         super()._prepare(sample)

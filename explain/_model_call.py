@@ -137,12 +137,30 @@ def seeded(seed: int | None, device: torch.device | str | None = None) -> Iterat
 
 def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
     """The model's number of outputs (classes) for inputs like ``x``, cached per model and sample shape as the
-    FLOP and memory probes are: a one-sample forward on every call was ~5% of a 256-sample saliency call."""
+    FLOP and memory probes are: a one-sample forward on every call was ~5% of a 256-sample saliency call.
+
+    The probe is also the check that the inputs fit the model: a forward that raises, or an output that is
+    not one row of class scores per input (two inputs are probed, so a model that only works on batches of
+    one is caught here too), is a one-line XauditError before any method runs.
+    """
     key = (tuple(x.shape[1:]), x.dtype)
     per_model = _N_OUTPUTS.setdefault(model, {})
     if key not in per_model:
-        with torch.no_grad():
-            per_model[key] = int(model(x[:1]).shape[-1])
+        k = min(len(x), 2)
+        try:
+            with torch.no_grad():
+                out = model(x[:k])
+        except XauditError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the model raises on these inputs, said in one line
+            said = " ".join(str(err).split())[:200] or type(err).__name__
+            raise XauditError(f"inputs of shape {tuple(x.shape)} do not fit the model ({said}): pass a batch "
+                              "shaped N × the model's input shape (one sample: x.unsqueeze(0))") from err
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != k:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise XauditError(f"the model returned {got} for a batch of {k}: explanations need one row of class "
+                              "scores per input (N × classes) from forward, whatever the batch size")
+        per_model[key] = int(out.shape[-1])
     return per_model[key]
 
 

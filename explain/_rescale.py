@@ -109,11 +109,18 @@ class _Rescale(torch.autograd.Function):
 
 
 class RescaleRule:
-    """The rule's state for one model copy: each module's reference input and output, and the mode."""
+    """The rule's state for one model copy: each module's reference inputs and outputs, and the mode.
+
+    A module called several times in one forward pass (one ``nn.ReLU`` applied twice, as in ResNet's basic
+    block) records one reference per call, in call order, and its k-th call on the inputs pairs with the
+    k-th call on the reference: the same control flow runs both. Hook-based rules keep one input and output
+    per module, so captum and shap get such modules wrong and xaudit's library path refuses them.
+    """
 
     def __init__(self, eps: float, at_reference: bool) -> None:
         self.eps, self.at_reference = eps, at_reference
-        self.references: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.references: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._calls: dict[nn.Module, int] = {}
         self._recording = False
 
     @contextlib.contextmanager
@@ -129,13 +136,15 @@ class RescaleRule:
     def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self._recording:
             y = type(module).forward(module, x)
-            self.references[module] = (x.detach(), y.detach())
+            self.references.setdefault(module, []).append((x.detach(), y.detach()))
             return y
-        try:
-            x0, y0 = self.references[module]
-        except KeyError:
+        recorded = self.references.get(module)
+        if not recorded:
             raise RuntimeError(f"no reference activation recorded for {type(module).__name__}: run the "
-                               "reference through the model inside recording() first") from None
+                               "reference through the model inside recording() first")
+        call = self._calls.get(module, 0)
+        self._calls[module] = call + 1
+        x0, y0 = recorded[call % len(recorded)]  # every forward pass calls the module len(recorded) times
         if x.shape[1:] != x0.shape[1:] or x.shape[0] % x0.shape[0]:
             # rows must line up with the reference rows: an activation over a sequence-first (T×N×…) tensor
             # would pair the wrong values (captum's and shap's hooks split such tensors wrongly too)

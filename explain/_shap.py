@@ -219,8 +219,10 @@ class ShapDeep(ShapExplainer):
     activations are all elementwise (the built-in CNN) it runs natively (``_rescale``): the background goes
     through the model once per call, and each input, tiled against the references, once forward and
     backward, with shap's rule (eps 1e-6, the multipliers of the reference rows; tested equal to
-    ``shap.DeepExplainer``). Models with max-pooling or softmax modules go through shap itself, one sample
-    at a time against the background (2 rows per reference and sample).
+    ``shap.DeepExplainer``); an activation module applied twice in ``forward`` (ResNet's basic block), which
+    shap's hooks get wrong, pairs each of its calls with the references' same call. Models with max-pooling
+    or softmax modules go through shap itself, one sample at a time against the background (2 rows per
+    reference and sample).
 
     shap's own additivity check raises on plain CNNs (shap #3938, #3363); we turn it off and return the
     per-sample gap sum(φ) − (f(x) − E[f(background)]) in ``extras["additivity_error"]`` instead, with
@@ -255,7 +257,10 @@ class ShapDeep(ShapExplainer):
 
     def _safe_copy(self, sample: torch.Tensor) -> nn.Module:
         """The cached hook-safe copy the native rule runs on (also the check that the model allows one)."""
-        return cached_hook_safe_copy(self.model, sample, self.name, rule_modules=_DEEP_RULES)
+        # the native rule pairs each call of a module with the reference's same call (an activation applied
+        # twice is fine); shap's hooks keep one input and output per module
+        return cached_hook_safe_copy(self.model, sample, self.name, rule_modules=_DEEP_RULES,
+                                     one_call_per_module=not self._native())
 
     def _prepare(self, sample: torch.Tensor) -> None:
         if self._native():

@@ -74,10 +74,24 @@ def test_inplace_and_reused_activations_are_adapted_on_a_copy(method: str) -> No
     assert all(torch.equal(v, broken.state_dict()[k]) for k, v in before.items())
 
 
-def test_reuse_inside_a_custom_forward_is_refused_with_the_fix() -> None:
+class ReusedWithMaxPool(nn.Module):
+    """An activation applied twice in forward, and a max-pool, which keeps DeepLift on captum's hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(12, 8), nn.Linear(4, 8), nn.Linear(8, 3)
+        self.act, self.pool = nn.ReLU(), nn.MaxPool1d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.b(self.pool(self.act(self.a(x.flatten(1)))[:, None])[:, 0])))
+
+
+def test_reuse_inside_a_custom_forward_is_refused_with_the_fix_where_hooks_run() -> None:
     fix = r"'act' \(ReLU\) is called 2 times: use a separate nn.ReLU\(\) per call site"
     with pytest.raises(XauditError, match=fix):
-        explain(ReusedInForward().eval(), X, method="deeplift")
+        explain(ReusedWithMaxPool().eval(), X, method="deeplift")
+    with pytest.raises(XauditError, match=fix):
+        explain(ReusedWithMaxPool().eval(), X, method="shap_deep", background=X)
 
 
 def test_guided_backprop_keeps_no_state_so_reuse_inside_forward_is_fine() -> None:

@@ -281,6 +281,68 @@ def test_seeding_a_call_touches_no_generator_it_does_not_restore(monkeypatch: py
                                rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(("target", "message"), [
+    ("cat", "integer class indices, got 'cat'"),
+    ([[0], [1], [2]], r"flat list of one per input, got shape \(3, 1\)"),
+    (1.0, "integer class indices, got dtype torch.float32"),
+])
+def test_malformed_targets_are_one_line(target: Any, message: str) -> None:
+    model, x, _ = build("cnn2d")
+    with pytest.raises(XauditError, match=message) as err:
+        explain(model, x, method="saliency", target=target)
+    assert "\n" not in str(err.value)
+
+
+def test_a_misspelled_parameter_suggests_the_closest_name() -> None:
+    model, x, _ = build("cnn2d")
+    with pytest.raises(XauditError, match=r"unknown integrated_gradients parameter 'n_stepz': did you mean "
+                                          r"'n_steps'\?") as err:
+        explain(model, x, method="integrated_gradients", n_stepz=4)
+    assert "\n" not in str(err.value)
+    # a wrapper takes its base method's parameters, and only those
+    assert explain(model, x, method="smoothgrad", base="integrated_gradients", n_steps=4, n_samples=2).cost
+    with pytest.raises(XauditError, match="did you mean 'n_steps'"):
+        explain(model, x, method="smoothgrad", base="integrated_gradients", n_stepz=4)
+
+
+@pytest.mark.parametrize("shape", [(N, 3, 8, 8), (1, 8, 8), (N, 1, 9)])
+def test_inputs_that_do_not_fit_the_model_are_one_line(shape: tuple[int, ...]) -> None:
+    model, _, _ = build("cnn2d")
+    with pytest.raises(XauditError, match=r"do not fit the model \(.+\): pass a batch shaped N") as err:
+        explain(model, torch.rand(shape), method="integrated_gradients")
+    assert "\n" not in str(err.value)
+
+
+class _BatchOfOne(nn.Module):
+    """Flattens with view(1, -1): right for one input, wrong (one row for the whole batch) for more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.reshape(1, -1)[:, :64])
+
+
+def test_a_model_that_returns_one_row_per_batch_is_refused() -> None:
+    x = torch.rand(N, 1, 8, 8)
+    with pytest.raises(XauditError, match=r"returned \(1, 3\) for a batch of 2: .*one row of class scores per "
+                                          "input") as err:
+        explain(_BatchOfOne(), x, method="saliency")
+    assert "\n" not in str(err.value)
+
+
+def test_float64_inputs_get_float64_attributions() -> None:
+    model, x, _ = build("cnn2d")
+    model, x = model.double(), x.double()
+    assert explain(model, x, method="integrated_gradients", n_steps=8).attributions.dtype == torch.float64
+    exp = explain(model, x, method="saliency", target=1)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg)[:, 1].sum(), xg)
+    # equal to float64 precision, which float32 storage (relative error ~6e-8) would lose
+    torch.testing.assert_close(exp.attributions, grad.abs(), rtol=1e-12, atol=1e-15)
+
+
 def test_too_small_memory_budget_says_how_much_is_needed() -> None:
     model, x, _ = build("cnn2d")
     with pytest.raises(XauditError, match=r"needs about [0-9.]+ (B|KiB|MiB)") as err:

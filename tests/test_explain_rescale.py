@@ -201,3 +201,46 @@ def test_shap_deep_equals_shap_for_every_elementwise_activation_with_exact_ties(
     theirs = _shap_deep(model, x, background, target)
     assert theirs.abs().max() > 1e-4
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-4)
+
+
+class _BasicBlock(nn.Module):
+    """ResNet's basic block: one nn.ReLU applied twice in forward, around a residual sum."""
+
+    def __init__(self, split: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv1, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=not split)  # captum's hooks fail on an in-place ReLU; xaudit copies it
+        self.relu2 = nn.ReLU() if split else self.relu
+        self.head = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        out = self.relu(self.conv1(h))
+        out = self.relu2(self.conv2(out) + h)
+        return self.head(out.flatten(1))
+
+
+def _basic_blocks() -> tuple[nn.Module, nn.Module]:
+    """The block with its ReLU reused, and the same function with two ReLU modules (what the libraries need)."""
+    torch.manual_seed(5)
+    reused = _BasicBlock().eval()
+    split = _BasicBlock(split=True).eval()
+    split.load_state_dict(reused.state_dict())
+    return reused, split
+
+
+def test_an_activation_applied_twice_pairs_each_call_with_the_references_same_call() -> None:
+    reused, split = _basic_blocks()
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(6)) - 0.3
+    target = reused(x).argmax(-1)
+    ours = explain(reused, x, "deeplift", target=target, baseline=0.1)
+    theirs = _captum(split, x, target, baseline=0.1)  # captum cannot run the reused module itself
+    assert theirs.abs().max() > 1e-3
+    torch.testing.assert_close(ours.attributions, theirs, atol=1e-6, rtol=1e-5)
+    assert ours.extras["convergence_delta"].abs().max() < 1e-5  # summation-to-delta
+    background = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    deep = explain(reused, x, "shap_deep", target=target, background=background)
+    torch.testing.assert_close(deep.attributions, _shap_deep(split, x, background, target), atol=1e-6, rtol=1e-5)
+    assert deep.extras["additivity_error"].abs().max() < 1e-5
+    assert reused.relu is reused.relu2 and reused.relu.inplace  # the user's model as it was
