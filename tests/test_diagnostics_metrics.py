@@ -89,8 +89,44 @@ def test_weight_spectra_of_a_model() -> None:
     assert conv.matrix_shape == (4, 9) and conv.alpha is None and "too few" in conv.note
     assert dense.n_eigenvalues == 64 and dense.alpha is not None and dense.fit.n_tail >= 5
     assert head.alpha is None  # 3 eigenvalues
-    assert spectra.mean_alpha == pytest.approx(dense.alpha)
+    # an untrained 64-eigenvalue layer: fitted, but no heavier-tailed than its own weights shuffled
+    assert dense.shuffled_alpha is not None and not dense.readable and "shuffled" in dense.note
+    assert spectra.mean_alpha is None and "say nothing about training" in spectra.interpretation
     assert set(spectra.to_json()) >= {"layers", "mean_alpha", "interpretation"}
+
+
+def test_untrained_layers_are_not_read_as_well_trained() -> None:
+    # a small random layer's tail fit lands in the 2-6 band most of the time (27 of these 40 did before the
+    # shuffled-weights null); against the null, a layer without structure passes about 1 time in 20
+    called = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        for layer in weight_spectra(nn.Sequential(nn.Conv2d(8, 16, 3), nn.Linear(256, 32))).layers:
+            assert layer.alpha is not None and layer.shuffled_alpha is not None
+            called += layer.readable
+            assert ("shuffled" in layer.note) is not layer.readable
+    assert called <= 4
+
+
+def _planted(seed: int) -> nn.Linear:
+    """A 64×256 layer whose singular values fall as a power law (s_i ∝ i^-0.3, so α ≈ 2.8) plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(64, 64, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(256, 64, generator=g))
+    s = 3 * torch.arange(1, 65, dtype=torch.float32) ** -0.3
+    layer = nn.Linear(256, 64)
+    with torch.no_grad():
+        layer.weight.copy_(u @ torch.diag(s) @ v.T + 0.01 * torch.randn(64, 256, generator=g))
+    return layer
+
+
+def test_a_planted_heavy_tail_is_heavier_than_the_shuffled_weights() -> None:
+    read = [weight_spectra(nn.Sequential(_planted(seed))).layers[0] for seed in range(5)]
+    assert all(2 <= layer.alpha <= 4 for layer in read if layer.alpha is not None)
+    assert sum(layer.readable for layer in read) >= 4  # shuffling destroys the structure the tail comes from
+    spectra = weight_spectra(nn.Sequential(_planted(0)))
+    assert spectra.mean_alpha == pytest.approx(spectra.layers[0].alpha)
+    assert "typical of a well-trained layer" in spectra.interpretation
 
 
 @pytest.mark.parametrize(("train", "test", "n", "verdict"), [
