@@ -6,6 +6,11 @@ directory so the rename never crosses file systems), flushed to disk, and moved 
 place; on an exception the temporary file is removed. A process killed outright (``kill -9``) can leave
 the hidden temporary behind, never a partial destination.
 
+Only regular files are replaced. A destination that is a symlink is followed: the write replaces the file
+the link points to (created if missing) and the link stays. A destination that exists and is not a regular
+file (a FIFO, a device such as ``/dev/full``, a socket, a directory) is refused: renaming over it would
+swap the node itself for a regular file (as root, the device node).
+
 This lives in ``models/`` because model files, run-directory records and the training cache are written
 here, and ``models/`` imports nothing from ``reports/``; ``reports/_atomic.py`` re-exports these names.
 """
@@ -13,10 +18,17 @@ here, and ``models/`` imports nothing from ``reports/``; ``reports/_atomic.py`` 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from ._errors import XauditError
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
 
 def _current_umask() -> int:
     # os.umask can only be read by setting it; set it straight back
@@ -25,10 +37,35 @@ def _current_umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` atomically: ``write(fh)`` fills a temporary sibling file that then replaces ``path``."""
+def regular_file_target(path: str | os.PathLike[str], *, option: str | None = None) -> Path:
+    """The file a write to ``path`` replaces: a symlink's resolved target (so the link stays), else ``path``.
+
+    Raises a one-line :class:`XauditError` when that file exists and is not a regular file, naming
+    ``option`` (``"--out"``) when given.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    said = f"{option} {str(path)!r}" if option else repr(str(path))
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as exc:  # a symlink loop, a component that is not a directory, no permission
+        raise XauditError(f"cannot write to {said} ({exc.strerror}): choose another path") from None
+    if stat.S_ISREG(mode):
+        return target
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+    via = f" (the symlink points to {str(target)!r})" if target != path else ""
+    raise XauditError(f"{said} is not a regular file: it is {kind}{via}, which xaudit does not overwrite; "
+                      f"choose a path to a regular file, or a new one")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
+    """Write ``path`` atomically: ``write(fh)`` fills a temporary sibling file that then replaces ``path``
+    (through a symlink: the file it points to; see :func:`regular_file_target`)."""
+    path = Path(path)
+    target = regular_file_target(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -37,7 +74,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
             os.fsync(fh.fileno())
         # mkstemp creates 0600 files; give the result the permissions a plain open() would have
         os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

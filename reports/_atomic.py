@@ -9,29 +9,36 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 # the atomic writers live with the model files they also write; re-exported here for reports and the CLI
-from xaudit.models._atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from xaudit.models._atomic import atomic_write, atomic_write_bytes, atomic_write_text, regular_file_target
 from xaudit.models._errors import XauditError
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "prepare_out_dir", "prepare_out_file",
-           "remove_created_dirs"]
+           "regular_file_target", "remove_created_dirs"]
 
 
-def prepare_out_dir(path: str | os.PathLike[str], *, option: str = "--out") -> list[Path]:
+def prepare_out_dir(path: str | os.PathLike[str], *, option: str = "--out", files: Sequence[str] = ()) -> list[Path]:
     """Create directory ``path`` (with parents) and prove it is writable with a probe file.
+
+    A symlink to a directory is followed (a dangling one: its target is created). ``files`` names the
+    files the command will write into the directory; any of them that exists and is not a regular file is
+    refused here, before any work (see :func:`regular_file_target`).
 
     Returns the directories this call created, outermost first, so a run that fails later can remove
     them again (see :func:`remove_created_dirs`). Raises :class:`XauditError` naming ``option``.
     """
-    path = Path(path)
+    given = Path(path)
+    path = Path(os.path.realpath(given)) if given.is_symlink() else given
     missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), path)
-        raise XauditError(f"cannot write to {option} {str(path)!r}: {str(blocker)!r} is a file, not a directory: "
+        what = "a file, not a directory" if blocker.is_file() else "not a directory"
+        raise XauditError(f"cannot write to {option} {str(given)!r}: {str(blocker)!r} is {what}: "
                           f"choose another {option} path") from None
     except OSError as exc:
         raise XauditError(f"cannot create {option} directory {str(path)!r} ({exc.strerror}): "
@@ -44,16 +51,25 @@ def prepare_out_dir(path: str | os.PathLike[str], *, option: str = "--out") -> l
         remove_created_dirs(created)
         raise XauditError(f"cannot write to {option} directory {str(path)!r} ({exc.strerror}): "
                           f"choose a directory you can write to") from None
+    try:
+        for name in files:
+            regular_file_target(given / name, option=option)
+    except XauditError:
+        remove_created_dirs(created)
+        raise
     return created
 
 
 def prepare_out_file(path: str | os.PathLike[str], *, option: str = "--out") -> list[Path]:
-    """Like :func:`prepare_out_dir` for an output *file*: its directory must be writable, and it must not be a directory."""
+    """Like :func:`prepare_out_dir` for an output *file*: its directory must be writable, and it must be a
+    regular file or not exist yet (not a directory, FIFO or device); a symlink is followed to its target,
+    which is what :func:`atomic_write` will replace."""
     path = Path(path)
     if path.is_dir():
         raise XauditError(f"{option} {str(path)!r} is a directory: pass a file path inside it, "
                           f"e.g. {str(path / 'model.pt')!r}")
-    return prepare_out_dir(path.parent, option=option)
+    target = regular_file_target(path, option=option)
+    return prepare_out_dir(target.parent, option=option)
 
 
 def remove_created_dirs(created: list[Path]) -> None:

@@ -17,12 +17,13 @@ from torch import nn
 
 from xaudit.explain import Explainer, Explanation, available_methods, get_explainer, parse_bytes
 from xaudit.models._data import Dataset
+from xaudit.models._nets import MODELS, build_model
 from xaudit.models._train import evaluate
 from xaudit.models._errors import XauditError
 
 from ._quality_build import check_quality_mode, compute_quality
 from ._runtime import machine_info, resolve_device
-from ._subject import ModelSource, Subject, resolve_subject
+from ._subject import ModelSource, Subject, load_data, resolve_subject
 
 #: Training inputs handed to methods that need background data (SHAP-style baselines).
 BACKGROUND_SIZE = 64
@@ -138,15 +139,67 @@ def predict_classes(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         model.train(was_training)
 
 
+def check_memory_budget(model: nn.Module, x: torch.Tensor, names: Sequence[str],
+                        memory_budget: int | str | None) -> None:
+    """Raise the one-line budget error if ``memory_budget`` is too small for one sample of ``x`` with any method in
+    ``names`` that supports ``model``; methods the model does not support are left to their reason.
+
+    A budget too small is an error of the whole run, not a property of the model, so it must stop the run
+    before any explaining instead of showing the method as unsupported. When several methods do not fit,
+    the error names the one that needs the most (the amount to raise the budget to). Costs one forward
+    pass of one sample (the row estimate, cached for the explanations that follow).
+    """
+    sample = x[:1].to(_model_device(model))
+    too_small: list[tuple[float, str, XauditError]] = []
+    for name in names:
+        explainer = get_explainer(name)(model)
+        if explainer.unsupported_reason(tuple(sample.shape[1:])):
+            continue
+        # the explainer's own planning under the guard its calls run in (eval mode: dropout and batch norm
+        # save what they save when explaining), so this check and the explanation agree row for row
+        try:
+            with explainer._call_guard(sample.device, None):
+                explainer._plan(sample, None, memory_budget)
+        except XauditError as exc:
+            # every method plans from the same row estimate, model and sample: the need grows with the factor
+            too_small.append((explainer._memory_factor(), name, exc))
+    if not too_small:
+        return
+    _, worst, error = max(too_small, key=lambda item: item[0])
+    others = [name for _, name, _ in too_small if name != worst]
+    also = f" (too small for {', '.join(others)} as well)" if others else ""
+    raise XauditError(f"{error}{also}") from None
+
+
+def check_budget_before_training(model: ModelSource, data: Dataset | str | os.PathLike[str] | None,
+                                 names: Sequence[str], memory_budget: int | str | None, *,
+                                 state_dict: str | os.PathLike[str] | None = None, seed: int = 0) -> None:
+    """:func:`check_memory_budget` on an untrained copy of a built-in model that would be trained first, so a
+    budget too small fails before training: the activations a row holds do not depend on the weights.
+
+    Any other model is cheap to load; its budget is checked after loading, before explaining.
+    """
+    if not (isinstance(model, str) and model in MODELS and state_dict is None):
+        return
+    # built-in datasets are cached in-process, so resolving the subject next reads them once
+    dataset = load_data(data if data is not None else "digits", seed=seed)
+    fresh = build_model(model, dataset.input_shape, dataset.n_classes)
+    check_memory_budget(fresh, dataset.x_test[:1], names, memory_budget)
+
+
 def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, background: torch.Tensor,
                     names: Sequence[str], *, seed: int, progress: Progress | None = None,
                     memory_budget: int | None = None) -> tuple[MethodResult, ...]:
     """Run each method on ``x`` for ``targets``; unsupported methods and user-level errors become reasons.
 
+    A ``memory_budget`` too small for any supported method raises first (see :func:`check_memory_budget`).
+
     Each method runs once, untimed, on one sample first, so one-time costs (lazy imports, thread pools,
     allocator warm-up) land on no method's bill; the first method would otherwise pay for all of them.
     """
     say = progress or (lambda _msg: None)
+    # a budget too small is the caller's error, not the model's: it must never become a method's reason
+    check_memory_budget(model, x, names, memory_budget)
     results = []
     for i, name in enumerate(names, 1):
         cls = get_explainer(name)
@@ -168,8 +221,8 @@ def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ba
             explainer.explain(x[:1], targets[:1], seed=seed, memory_budget=memory_budget)
             exp = explainer.explain(x, targets, seed=seed, memory_budget=memory_budget)
         except XauditError as exc:
-            # one method failing on this model (say, a memory budget too small) should not cost the
-            # user every other method's result; the reason goes in the report instead
+            # one method failing on this model should not cost the user every other method's result; the
+            # reason goes in the report instead (the memory budget was checked above, for every method)
             say(f"method {i}/{len(names)} {name}: failed: {exc}")
             results.append(MethodResult(**base, reason=str(exc)))
             continue
@@ -192,6 +245,7 @@ def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int 
     device = device if device is not None else _model_device(model)
     model.to(device)
     dataset = subject.dataset
+    check_memory_budget(model, dataset.x_test[:1], methods, memory_budget)  # before evaluating or explaining
     say = progress or (lambda _msg: None)
     say(f"evaluating on {dataset.n_train} train and {dataset.n_test} test samples")
     metrics = compute_metrics(model, dataset)
@@ -232,8 +286,9 @@ def build_context(
     if n_explain < 1:
         raise XauditError(f"n_explain must be at least 1, got {n_explain}: pass e.g. --n-explain 32")
     resolved = resolve_device(device) if device is not None else None
+    budget = parse_bytes(memory_budget) if memory_budget is not None else None
+    check_budget_before_training(model, data, names, budget, state_dict=state_dict, seed=seed)
     subject = resolve_subject(model, data, state_dict=state_dict, trust_pickle=trust_pickle, seed=seed,
                               epochs=epochs, use_cache=use_cache, progress=progress)
-    budget = parse_bytes(memory_budget) if memory_budget is not None else None
     return compute_context(subject, names, n_explain=n_explain, seed=seed, device=resolved, progress=progress,
                            memory_budget=budget, quality=quality)

@@ -27,10 +27,18 @@ from xaudit.models._nets import MODELS, ModelSpec
 from xaudit.models._train import TrainConfig, train_model
 from xaudit.models._errors import XauditError
 
-from ._atomic import atomic_write, atomic_write_text, prepare_out_dir, prepare_out_file, remove_created_dirs
+from ._atomic import (
+    atomic_write,
+    atomic_write_text,
+    prepare_out_dir,
+    prepare_out_file,
+    regular_file_target,
+    remove_created_dirs,
+)
 from ._build import (
     ReportContext,
     background_samples,
+    check_budget_before_training,
     compute_context,
     compute_metrics,
     explain_methods,
@@ -44,6 +52,9 @@ from ._runtime import machine_info, resolve_device, xaudit_version
 from ._subject import Subject, describe_subject, epoch_printer, resolve_subject, training_config
 
 Progress = Callable[[str], None]
+
+#: What ``report`` (and ``audit --out``) writes into its output directory.
+REPORT_FILES = ("report.html", "report.json")
 
 _EPILOG = """\
 examples:
@@ -184,7 +195,7 @@ def _subject(args: argparse.Namespace, progress: Progress | None) -> Subject:
 
 def _run_report(args: argparse.Namespace) -> int:
     progress = _printer(args.quiet)
-    created = prepare_out_dir(args.out)
+    created = prepare_out_dir(args.out, files=REPORT_FILES)
     with _cleanup_on_failure(created):
         ctx = report_context(args, progress)
         if progress:
@@ -199,9 +210,11 @@ def report_context(args: argparse.Namespace, progress: Progress | None) -> Repor
     """Train or load the model and compute everything a report shows, from ``report``/``audit`` options."""
     names = resolve_methods(args.methods)
     device = resolve_device(args.device)
+    budget = parse_bytes(args.memory_budget)
+    check_budget_before_training(args.model, args.data, names, budget, state_dict=args.state_dict, seed=args.seed)
     subject = _subject(args, progress)
     return compute_context(subject, names, n_explain=args.n_explain, seed=args.seed, device=device,
-                           progress=progress, memory_budget=parse_bytes(args.memory_budget), quality=args.quality)
+                           progress=progress, memory_budget=budget, quality=args.quality)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -257,15 +270,18 @@ def _run_explain(args: argparse.Namespace) -> int:
                           f"{str(out.with_suffix('.npz'))!r}")
     created = prepare_out_file(out)
     with _cleanup_on_failure(created):
+        regular_file_target(cost_path, option="--out's cost file")
         (name,) = resolve_methods([args.method])
         device = resolve_device(args.device)
+        budget = parse_bytes(args.memory_budget)
+        check_budget_before_training(args.model, args.data, [name], budget, state_dict=args.state_dict,
+                                     seed=args.seed)
         subject = _subject(args, progress)
         subject.model.to(device)
         dataset = subject.dataset
         indices = select_samples(dataset.n_test, args.n_explain or dataset.n_test, args.seed)
         x = dataset.x_test[indices]
         targets = predict_classes(subject.model, x)
-        budget = parse_bytes(args.memory_budget)
         (result,) = explain_methods(subject.model, x, targets, background_samples(dataset, args.seed), [name],
                                     seed=args.seed, progress=progress, memory_budget=budget)
         if result.explanation is None:

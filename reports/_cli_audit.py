@@ -17,7 +17,7 @@ from xaudit.models._errors import XauditError
 from ._atomic import atomic_write_text, prepare_out_dir, prepare_out_file
 from ._audit import AuditSection, audit
 from ._audit_policy import load_policy
-from ._cli import _cleanup_on_failure, _printer, add_report_options, report_context
+from ._cli import REPORT_FILES, _cleanup_on_failure, _printer, add_report_options, report_context
 from ._report import Report, write_report
 from ._sections import DEFAULT_SECTIONS, Section
 
@@ -99,7 +99,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
         raise XauditError("--out needs a computed report (the HTML draws from the model), so it cannot be combined "
                           "with --report: drop --out, or drop --report to recompute")
     progress = _printer(args.quiet)
-    created = prepare_out_dir(args.out) if args.out else []
+    created = prepare_out_dir(args.out, files=REPORT_FILES) if args.out else []
     with _cleanup_on_failure(created):
         if args.junit:
             created += prepare_out_file(args.junit, option="--junit")

@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     drift_methods = _drift_methods(args.drift)
     if args.address and args.backend != "ray":
         raise XauditError(f"--address joins a Ray cluster and needs --backend ray (got --backend {args.backend})")
-    created = prepare_out_dir(args.out)
+    created = prepare_out_dir(args.out, files=("manifest.json", "sweep.html", "sweep.json"))
     with _cleanup_on_failure(created):
         try:
             result = run_sweep(args.model, args.data, grid, base=base, repeats=args.repeats, seed=args.seed,
