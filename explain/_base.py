@@ -23,7 +23,14 @@ from xaudit.models._errors import XauditError, did_you_mean
 
 from ._cost import Cost, CostMeter, EvalCounter
 from ._flops import flop_profile
-from ._memory import DEFAULT_MEMORY_BUDGET_BYTES, GRADIENT_CALL_SLACK, parse_bytes, row_memory, rows_for_budget
+from ._memory import (
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    GRADIENT_CALL_SLACK,
+    bytes_for_one_row,
+    parse_bytes,
+    row_memory,
+    rows_for_budget,
+)
 from ._model_call import (  # noqa: F401 - re-exported: the methods import them from here
     CountingModel,
     _as_batch,
@@ -247,6 +254,15 @@ class Explainer:
         per_chunk = max(1, row_batch // rows)
         per_chunk = min(per_chunk, int(batch_size or self.default_batch_size))
         return per_chunk, row_batch
+
+    def memory_needed(self, inputs: torch.Tensor) -> int:
+        """The smallest memory budget (bytes) a call on inputs shaped like ``inputs`` runs under: one sample's
+        row in flight, the model's parameters and the input (one forward pass of one sample, cached)."""
+        sample = self._checked(inputs)[:1].to(_model_device(self.model))
+        with self._call_guard(sample.device, None):
+            _n_outputs(self.model, sample)  # the inputs fit the model, or a one-line error
+            memory = row_memory(self.model, sample)
+        return bytes_for_one_row(memory, sample.numel() * sample.element_size(), self._memory_factor())
 
     def _call_guard(self, device: torch.device, seed: int | None) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()

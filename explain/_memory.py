@@ -115,6 +115,17 @@ def cpu_row_cap(memory: RowMemory) -> int:
     return min(1 << (int(rows).bit_length() - 1), MAX_ROW_BATCH)
 
 
+def bytes_for_one_row(memory: RowMemory, sample_bytes: int = 0, factor: float = 1.0) -> int:
+    """The smallest budget :func:`rows_for_budget` allows one row under."""
+    return memory.fixed_bytes + 2 * sample_bytes + max(int(memory.bytes_per_row * factor), 1)
+
+
+def budget_too_small(budget_bytes: int, method: str, needed: int, also: str = "") -> XauditError:
+    """The one-line error for a memory budget below what one sample of ``method`` needs (``also``: appended)."""
+    return XauditError(f"memory budget {format_bytes(budget_bytes)} is too small for even one sample with {method}: "
+                       f"it needs about {format_bytes(needed)}; raise --memory-budget{also}")
+
+
 def rows_for_budget(memory: RowMemory, budget_bytes: int, method: str, sample_bytes: int = 0,
                     device: torch.device | str | None = None, factor: float = 1.0) -> int:
     """How many input rows may be in flight under ``budget_bytes`` (at most :data:`MAX_ROW_BATCH`, and on a
@@ -127,9 +138,6 @@ def rows_for_budget(memory: RowMemory, budget_bytes: int, method: str, sample_by
     available = budget_bytes - memory.fixed_bytes - 2 * sample_bytes
     rows = available // per_row if available > 0 else 0
     if rows < 1:
-        needed = memory.fixed_bytes + 2 * sample_bytes + per_row
-        raise XauditError(
-            f"memory budget {format_bytes(budget_bytes)} is too small for even one sample with {method}: "
-            f"it needs about {format_bytes(needed)}; raise --memory-budget")
+        raise budget_too_small(budget_bytes, method, bytes_for_one_row(memory, sample_bytes, factor))
     cap = cpu_row_cap(memory) if device is not None and torch.device(device).type == "cpu" else MAX_ROW_BATCH
     return int(min(rows, cap))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from xaudit.explain import Explainer, Explanation, available_methods, get_explainer, parse_bytes
+from xaudit.explain._memory import DEFAULT_MEMORY_BUDGET_BYTES, budget_too_small
 from xaudit.models._data import Dataset
 from xaudit.models._nets import MODELS, build_model
 from xaudit.models._train import evaluate
@@ -149,26 +150,18 @@ def check_memory_budget(model: nn.Module, x: torch.Tensor, names: Sequence[str],
     the error names the one that needs the most (the amount to raise the budget to). Costs one forward
     pass of one sample (the row estimate, cached for the explanations that follow).
     """
-    sample = x[:1].to(_model_device(model))
-    too_small: list[tuple[float, str, XauditError]] = []
+    budget = DEFAULT_MEMORY_BUDGET_BYTES if memory_budget is None else parse_bytes(memory_budget)
+    needs: dict[str, int] = {}
     for name in names:
         explainer = get_explainer(name)(model)
-        if explainer.unsupported_reason(tuple(sample.shape[1:])):
-            continue
-        # the explainer's own planning under the guard its calls run in (eval mode: dropout and batch norm
-        # save what they save when explaining), so this check and the explanation agree row for row
-        try:
-            with explainer._call_guard(sample.device, None):
-                explainer._plan(sample, None, memory_budget)
-        except XauditError as exc:
-            # every method plans from the same row estimate, model and sample: the need grows with the factor
-            too_small.append((explainer._memory_factor(), name, exc))
+        if explainer.unsupported_reason(tuple(x.shape[1:])) is None:
+            needs[name] = explainer.memory_needed(x[:1])
+    too_small = sorted((need, name) for name, need in needs.items() if need > budget)
     if not too_small:
         return
-    _, worst, error = max(too_small, key=lambda item: item[0])
-    others = [name for _, name, _ in too_small if name != worst]
-    also = f" (too small for {', '.join(others)} as well)" if others else ""
-    raise XauditError(f"{error}{also}") from None
+    need, worst = too_small[-1]
+    others = [name for _, name in too_small[:-1]]
+    raise budget_too_small(budget, worst, need, f" (too small for {', '.join(others)} as well)" if others else "")
 
 
 def check_budget_before_training(model: ModelSource, data: Dataset | str | os.PathLike[str] | None,

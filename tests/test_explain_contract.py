@@ -350,6 +350,16 @@ def test_too_small_memory_budget_says_how_much_is_needed() -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("method", ["saliency", "deeplift", "occlusion", "integrated_gradients"])
+def test_memory_needed_is_the_smallest_budget_a_call_runs_under(method: str) -> None:
+    model, x, _ = build("cnn2d")
+    explainer = get_explainer(method)(model)
+    need = explainer.memory_needed(x)
+    assert explainer.explain(x, 0, memory_budget=need).plan["row_batch"] == 1
+    with pytest.raises(XauditError, match=f"with {method}: it needs about"):
+        explainer.explain(x, 0, memory_budget=need - 1)
+
+
 def test_memory_budget_bounds_the_rows_per_model_call() -> None:
     model, x, _ = build("cnn2d")
     calls: list[int] = []
