@@ -25,6 +25,7 @@ from threadpoolctl import ThreadpoolController
 from torch import nn
 
 from xaudit.models._errors import XauditError, did_you_mean
+from xaudit.models._outputs import to_probabilities
 
 from ._base import CallContext, Explainer, input_kind
 
@@ -176,8 +177,9 @@ class Lime(Explainer):
     Ribeiro, Singh & Guestrin 2016, eq. 1-2 and Algorithm 1, with lime_image's kernel, distance and ridge.
 
     Features are segments, and each input element receives its segment's weight (lime's and captum's
-    convention, so a segment's pixels rank together). The model explained is ``softmax(logits)[target]``:
-    lime explains class probabilities. Extras: the local model's ``intercept`` and weighted ``local_r2``.
+    convention, so a segment's pixels rank together). The model explained is ``softmax(logits)[target]``
+    (the output itself for a model that returns probabilities): lime explains class probabilities. Extras:
+    the local model's ``intercept`` and weighted ``local_r2``.
 
     Images (C×H×W): ``segmentation="grid"`` (default) uses square cells of side ``segment_size`` (None: the
     smallest giving ≤ 64 cells, one pixel each on 8×8 digits); ``"quickshift"``, ``"slic"`` and
@@ -338,7 +340,7 @@ class Lime(Explainer):
             if not pending:
                 return
             owner = torch.cat([torch.full((n,), i, device=inputs.device) for _, i, _, n in pending])
-            p = torch.softmax(model(torch.cat([r for r, *_ in pending])).float(), dim=-1)
+            p = to_probabilities(self.model, model(torch.cat([r for r, *_ in pending])))
             p = p.gather(1, targets[owner][:, None])[:, 0].to("cpu", torch.float64).numpy()
             at = 0
             for _, i, first, n in pending:

@@ -12,6 +12,7 @@ returns only the explained target's logit, one sample at a time, so it explains 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,8 +108,11 @@ def _counted(model: nn.Module, copy: nn.Module) -> nn.Module:
 
 
 def _probe(model: nn.Module, sample_shape: Sequence[int]) -> torch.Tensor:
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return torch.zeros(1, *sample_shape, device=device)
+    """One zero sample on the model's device, in its floating dtype (a float64 model takes no float32 input)."""
+    floating = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
+    if floating is None:
+        return torch.zeros(1, *sample_shape)
+    return torch.zeros(1, *sample_shape, device=floating.device, dtype=floating.dtype)
 
 
 @functools.lru_cache(maxsize=64)

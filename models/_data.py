@@ -29,8 +29,8 @@ class Dataset:
     """A labelled train/test split in the layout models consume.
 
     ``kind`` is ``"image"`` (x is N×C×H×W) or ``"sequence"`` (x is N×T×F: time steps × features).
-    x tensors are float32, y tensors int64; the train split may have 0 rows when a user file only
-    carries test data.
+    x tensors are float32 unless loaded for a model of another floating dtype (:meth:`with_dtype`), y tensors
+    int64; the train split may have 0 rows when a user file only carries test data.
     """
 
     name: str
@@ -81,6 +81,21 @@ class Dataset:
     def n_test(self) -> int:
         return int(self.x_test.shape[0])
 
+    def with_dtype(self, dtype: torch.dtype) -> Dataset:
+        """This dataset with x in floating ``dtype`` (itself when it already is): data for a model whose weights
+        are ``dtype`` (see :func:`~._validate.model_dtype`)."""
+        if self.x_test.dtype == dtype and self.x_train.dtype == dtype:
+            return self
+        if not dtype.is_floating_point:
+            raise XauditError(f"data can only be cast to a floating dtype, not {dtype}: pass e.g. torch.float32")
+        x_train, x_test = self.x_train.to(dtype), self.x_test.to(dtype)
+        for key, x in (("x_train", x_train), ("x_test", x_test)):
+            bad = int((~torch.isfinite(x)).sum())
+            if bad:  # values too large for a narrower dtype become Inf
+                raise XauditError(f"data {key!r} of {self.name!r} has {bad} values that are NaN/Inf in {dtype}: "
+                                  "clean or rescale them before auditing")
+        return Dataset(self.name, self.kind, x_train, self.y_train, x_test, self.y_test, self.class_names)
+
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
         """The first ``n_train`` train and ``n_test`` test samples (``None`` keeps a split whole).
 
@@ -97,14 +112,19 @@ class Dataset:
         )
 
 
-def load_dataset(source: str | os.PathLike[str], *, seed: int = 0) -> Dataset:
-    """Load a built-in dataset by name (see :data:`DATASETS`) or a user ``.npz`` file.
+def load_dataset(source: str | os.PathLike[str], *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Dataset:
+    """Load a built-in dataset by name (see :data:`DATASETS`) or a user ``.npz`` file, with x in ``dtype``.
+
+    ``dtype`` is the floating dtype of the model the data is for (:func:`~._validate.model_dtype`): a float64
+    model gets the file's float64 values, not float32 roundings of them.
 
     ``seed`` is the ``random_state`` of the stratified 80/20 split of the ``digits`` datasets. MNIST-1D keeps
     its published generator seed and split (4000/1000) so accuracies compare with Greydanus 2020; a user
     file defines its own split, so ``seed`` does not apply to either.
     """
     name = os.fspath(source)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise XauditError(f"data can only be loaded in a floating dtype, not {dtype}: pass e.g. torch.float32")
     if name in ("digits", "digits-seq"):
         x_train, y_train, x_test, y_test = _digits_arrays(seed)
         if name == "digits":
@@ -115,13 +135,13 @@ def load_dataset(source: str | os.PathLike[str], *, seed: int = 0) -> Dataset:
             # the same images read row by row, top to bottom: 8 steps of 8 features
             shape = (8, 8)
             kind = "sequence"
-        return _from_arrays(name, kind, x_train, y_train, x_test, y_test, shape)
+        return _from_arrays(name, kind, x_train, y_train, x_test, y_test, shape, dtype)
     if name == "mnist1d":
         x_train, y_train, x_test, y_test = _mnist1d_arrays()
-        return _from_arrays(name, "sequence", x_train, y_train, x_test, y_test, (40, 1))
+        return _from_arrays(name, "sequence", x_train, y_train, x_test, y_test, (40, 1), dtype)
     path = Path(name)
     if path.suffix.lower() == ".npz" or path.exists():
-        return _load_npz(path)
+        return _load_npz(path, dtype)
     raise did_you_mean("dataset", name, DATASETS)
 
 
@@ -133,10 +153,11 @@ def _from_arrays(
     x_test: np.ndarray,
     y_test: np.ndarray,
     sample_shape: tuple[int, ...],
+    dtype: torch.dtype = torch.float32,
 ) -> Dataset:
     # fresh tensors each call: the cached arrays must never be written through a returned Dataset
     def x(a: np.ndarray) -> torch.Tensor:
-        return torch.tensor(a, dtype=torch.float32).reshape(len(a), *sample_shape)
+        return torch.tensor(a, dtype=dtype).reshape(len(a), *sample_shape)
 
     def y(a: np.ndarray) -> torch.Tensor:
         return torch.tensor(a, dtype=torch.int64)
@@ -186,8 +207,9 @@ def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def _load_npz(path: Path) -> Dataset:
-    """Read and validate a user ``.npz`` with x_test, y_test and optionally x_train, y_train, class_names."""
+def _load_npz(path: Path, dtype: torch.dtype = torch.float32) -> Dataset:
+    """Read and validate a user ``.npz`` with x_test, y_test and optionally x_train, y_train, class_names; x is
+    cast to ``dtype``."""
     label = str(path)
     if not path.is_file():
         raise XauditError(
@@ -213,12 +235,15 @@ def _load_npz(path: Path) -> Dataset:
         missing = "y_train" if has[0] else "x_train"
         raise XauditError(f"data file {label!r} is missing key {missing!r}: {_NPZ_USAGE} (or drop both train arrays)")
 
-    x_test = _check_x(label, "x_test", arrays["x_test"])
+    # read at float64 only for a float64 model; other dtypes (float16, bfloat16, which numpy lacks) are cast to
+    # from float32 by with_dtype below, which also catches values that overflow them
+    np_dtype = np.dtype(np.float64 if dtype == torch.float64 else np.float32)
+    x_test = _check_x(label, "x_test", arrays["x_test"], np_dtype)
     y_test = _check_y(label, "y_test", arrays["y_test"], len(x_test))
     if not len(x_test):
         raise XauditError(f"data file {label!r} has an empty x_test: add at least one test sample")
     if has[0]:
-        x_train = _check_x(label, "x_train", arrays["x_train"])
+        x_train = _check_x(label, "x_train", arrays["x_train"], np_dtype)
         y_train = _check_y(label, "y_train", arrays["y_train"], len(x_train))
         if len(x_train) and x_train.shape[1:] != x_test.shape[1:]:
             raise XauditError(
@@ -226,7 +251,7 @@ def _load_npz(path: Path) -> Dataset:
                 f"{x_test.shape[1:]}: give both splits the same per-sample shape"
             )
     else:
-        x_train = np.zeros((0, *x_test.shape[1:]), dtype=np.float32)
+        x_train = np.zeros((0, *x_test.shape[1:]), dtype=np_dtype)
         y_train = np.zeros(0, dtype=np.int64)
 
     n_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
@@ -252,11 +277,11 @@ def _load_npz(path: Path) -> Dataset:
         x_test=torch.from_numpy(np.ascontiguousarray(x_test)),
         y_test=torch.from_numpy(y_test),
         class_names=names,
-    )
+    ).with_dtype(dtype)
 
 
-def _check_x(label: str, key: str, x: np.ndarray) -> np.ndarray:
-    """Validate one feature array and return it as float32."""
+def _check_x(label: str, key: str, x: np.ndarray, dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
+    """Validate one feature array and return it in ``dtype`` (the model's floating dtype; float32 by default)."""
     if x.dtype.kind not in "biuf":
         raise XauditError(f"data {key!r} in {label!r} has dtype {x.dtype}: store numbers (float32 is best)")
     if x.ndim not in (2, 3, 4):
@@ -268,7 +293,7 @@ def _check_x(label: str, key: str, x: np.ndarray) -> np.ndarray:
             f"data {key!r} in {label!r} has shape {x.shape}, which looks channels-last (N×H×W×C): "
             "save images as N×C×H×W, e.g. x.transpose(0, 3, 1, 2)"
         )
-    x = x.astype(np.float32)
+    x = x.astype(dtype)
     # counted after the cast, so float64 values too large for float32 show up as Inf here
     bad = int(x.size - np.count_nonzero(np.isfinite(x)))
     if bad:

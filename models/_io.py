@@ -2,22 +2,26 @@
 
 Nothing is unpickled unless the caller opts in: xaudit files and state_dicts are read with
 ``torch.load(weights_only=True)``, TorchScript with ``torch.jit.load``. A file made with
-``torch.save(whole_model)`` can run arbitrary code when loaded, so it needs ``trust_pickle=True``.
+``torch.save(whole_model)`` or ``pickle.dump(model)`` can run arbitrary code when loaded, so it needs
+``trust_pickle=True``. Whether a file is such a pickle or just damaged is told apart by walking its pickle
+opcodes with :mod:`pickletools`, which executes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -32,6 +36,13 @@ FORMAT_VERSION = 1
 
 # "pkg.mod:make" — a dotted module path, a colon, one attribute name (a Windows "C:\..." path never matches)
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+# torch.save's legacy (pre-1.6) format starts with its magic number pickled as a long (LONG1 opcode, 10 bytes),
+# right after the protocol header; a file without it is a plain pickle.dump, which torch.load cannot read
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[2:-1]
+
+_RESAVE = ("re-save the model as TorchScript (torch.jit.save(torch.jit.script(model), path)) or as a state dict "
+           "(torch.save(model.state_dict(), path), then pass a 'package.module:factory' model with --state-dict)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,24 +194,113 @@ def _from_file(path: Path, trust_pickle: bool) -> LoadedModel:
     if fmt is None:
         raise _unreadable(label, "unknown format", None)
 
+    if fmt == "pickle":
+        return _from_plain_pickle(path, label, trust_pickle)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        with _quiet_torch_load():
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
-        if not trust_pickle and "Unsupported global" in str(exc):
+        if not trust_pickle and _refused_by_weights_only(exc):
+            if not _torch_pickle_parses(path):
+                raise _unreadable(label, "corrupt pickle", None, "its pickle data is damaged or truncated") from exc
+            if "Unsupported global" in str(exc):
+                what = "contains pickled Python objects"
+            else:  # e.g. a pickle protocol the safe loader does not read
+                what = f"can only be read by full unpickling (torch's safe loader refused it: {_torch_detail(exc)})"
             raise UnsafeModelFileError(
-                f"model file {label!r} contains pickled Python objects, which can run arbitrary code when loaded: "
-                "re-save it with torch.jit.save or xaudit's save_model, "
-                "or pass --trust-pickle (trust_pickle=True) if you trust its source"
+                f"model file {label!r} {what}, which can run arbitrary code when loaded: "
+                f"pass --trust-pickle (trust_pickle=True) if you trust its source, or {_RESAVE}"
             ) from exc
         raise _unreadable(label, "corrupt pickle", exc) from exc
+    except (ImportError, AttributeError) as exc:
+        raise _class_not_found(label, exc) from exc
     except Exception as exc:
-        # a torch.load of a pickled model may fail in the class's own code, e.g. a module that no longer imports
+        # a torch.load of a pickled model may fail in the class's own code, or on a damaged archive
         raise _unreadable(label, "torch.load failed", exc) from exc
     return _interpret(obj, label)
 
 
+@contextlib.contextmanager
+def _quiet_torch_load() -> Iterator[None]:
+    """torch.load's own UserWarnings (e.g. "Detected pickle protocol 4") would be extra lines on stderr next to
+    xaudit's one-line error; what they say is in the error already."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(\.|$)")
+        yield
+
+
+def _from_plain_pickle(path: Path, label: str, trust_pickle: bool) -> LoadedModel:
+    """A file written by ``pickle.dump``: refused unless trusted, then read with :func:`pickle.load` (torch.load
+    cannot read it: it expects torch.save's magic number first)."""
+    with path.open("rb") as f:
+        parsed, top = _pickle_outline(f)
+    if not parsed:
+        raise _unreadable(label, "corrupt pickle", None, "it starts like a pickle but its data is damaged or truncated")
+    of = f" of {top}" if top else ""
+    if not trust_pickle:
+        raise UnsafeModelFileError(
+            f"model file {label!r} is a plain Python pickle{of} (pickle.dump), which can run arbitrary code when "
+            f"loaded: pass --trust-pickle (trust_pickle=True) if you trust its source, or {_RESAVE}"
+        )
+    try:
+        with path.open("rb") as f, _quiet_torch_load():
+            obj = pickle.load(f)
+    except (ImportError, AttributeError) as exc:
+        raise _class_not_found(label, exc) from exc
+    except Exception as exc:
+        raise _unreadable(label, "pickle.load failed", exc) from exc
+    return _interpret(obj, label)
+
+
+def _class_not_found(label: str, exc: BaseException) -> XauditError:
+    return XauditError(
+        f"model file {label!r} pickles a class that can't be imported ({type(exc).__name__}: {_first_line(exc)}): "
+        "make the module that defines the model importable (install it, or add its folder to PYTHONPATH)"
+    )
+
+
+def _refused_by_weights_only(exc: BaseException) -> bool:
+    """Whether torch.load's ``weights_only`` unpickler refused the file (rather than the pickle being unreadable)."""
+    return "Weights only load failed" in str(exc)
+
+
+def _pickle_outline(stream: BinaryIO) -> tuple[bool, str | None]:
+    """(whether ``stream`` holds a well-formed pickle next, the first class or function it references) from its
+    opcodes alone: nothing is imported or executed. The stream is left after the pickle's STOP."""
+    strings: list[str] = []
+    top = None
+    try:
+        for opcode, arg, _ in pickletools.genops(stream):
+            if isinstance(arg, str) and opcode.name.endswith("UNICODE"):
+                strings.append(arg)
+            elif top is None and opcode.name == "GLOBAL" and isinstance(arg, str):
+                top = ".".join(arg.split(" ", 1))
+            elif top is None and opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                top = f"{strings[-2]}.{strings[-1]}"
+    except Exception:  # pickletools raises ValueError, but a damaged stream may trip anything in its decoders
+        return False, None
+    return True, top
+
+
+def _torch_pickle_parses(path: Path) -> bool:
+    """Whether a torch.save file's pickled part is well-formed: then a weights_only refusal means Python objects
+    the safe loader will not build, not damage."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+                with zf.open(name) as member:
+                    return _pickle_outline(member)[0]
+        except (StopIteration, zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError):
+            return False
+    # legacy format: magic number, protocol version and system info, then the object, each its own pickle
+    with path.open("rb") as f:
+        return all(_pickle_outline(f)[0] for _ in range(4))
+
+
 def _sniff(path: Path) -> str | None:
-    """``"torchscript"``, ``"torch"`` (torch.save's zip or legacy pickle format) or ``None`` for anything else."""
+    """``"torchscript"``, ``"torch"`` (torch.save's zip or legacy format), ``"pickle"`` (a plain ``pickle.dump``)
+    or ``None`` for anything else."""
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as zf:
@@ -212,20 +312,29 @@ def _sniff(path: Path) -> str | None:
             return "torchscript"
         return "torch" if any(n.endswith("data.pkl") for n in names) else None
     with path.open("rb") as f:
-        head = f.read(2)
-    # torch.save's legacy (pre-1.6) format is a bare pickle: protocol marker 0x80 then the version byte
-    return "torch" if len(head) == 2 and head[0] == 0x80 and head[1] <= 5 else None
+        head = f.read(32)
+    # a pickle (protocol 2+) starts with the marker 0x80 then the version byte; torch.save's legacy (pre-1.6)
+    # format is pickles too, the first one its magic number
+    if len(head) >= 2 and head[0] == 0x80 and head[1] <= 5:
+        return "torch" if _LEGACY_MAGIC in head else "pickle"
+    return None
 
 
-def _unreadable(label: str, kind: str, exc: BaseException | None) -> XauditError:
-    if exc is None:
-        detail = "neither a torch.save nor a TorchScript file"
-    else:
-        detail = f"{type(exc).__name__}: {_first_line(exc)}"
+def _unreadable(label: str, kind: str, exc: BaseException | None, detail: str | None = None) -> XauditError:
+    if detail is None:
+        detail = (f"{type(exc).__name__}: {_torch_detail(exc)}" if exc is not None
+                  else "neither a torch.save nor a TorchScript file")
     return XauditError(
         f"model file {label!r} is not a readable PyTorch/TorchScript file ({kind}): {detail}; "
         "save models with torch.jit.save or xaudit's save_model"
     )
+
+
+def _torch_detail(exc: BaseException) -> str:
+    """What went wrong, in one line: for a weights_only refusal, the unpickler's own reason ("Unsupported
+    operand 149"), not torch's paragraph of advice around it."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+    return found.group(1).strip()[:200] if found else _first_line(exc)
 
 
 def _first_line(exc: BaseException | None) -> str:
@@ -277,15 +386,23 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     label = str(path)
     if not path.is_file():
         raise XauditError(f"state_dict file not found: {label!r}: check the path")
-    if _sniff(path) != "torch":
+    fmt = _sniff(path)
+    if fmt == "pickle":
+        raise XauditError(
+            f"state_dict file {label!r} is a plain Python pickle (pickle.dump), which xaudit does not unpickle for "
+            "weights: save them with torch.save(model.state_dict(), path)"
+        )
+    if fmt != "torch":
         raise _unreadable(label, "not a torch.save file", None)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with _quiet_torch_load():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
+        if _refused_by_weights_only(exc) and _torch_pickle_parses(path):
+            what = ("contains pickled Python objects, not just weights" if "Unsupported global" in str(exc)
+                    else f"can't be read as plain weights ({_torch_detail(exc)})")
             raise UnsafeModelFileError(
-                f"state_dict file {label!r} contains pickled Python objects, not just weights: "
-                "save it with torch.save(model.state_dict(), path)"
+                f"state_dict file {label!r} {what}: save it with torch.save(model.state_dict(), path)"
             ) from exc
         raise _unreadable(label, "corrupt pickle", exc) from exc
     if isinstance(obj, Mapping):

@@ -17,6 +17,7 @@ from ._augment import AUGMENTATIONS
 from ._data import Dataset
 from ._errors import XauditError, did_you_mean
 from ._nets import build_model
+from ._outputs import PROBABILITIES, note_outputs, to_probabilities
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
@@ -283,7 +284,11 @@ def _eval_mode(model: nn.Module) -> Iterator[torch.device]:
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)`` in eval mode (``.training`` restored)."""
+    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)`` in eval mode (``.training`` restored).
+
+    The loss is the negative log of the label's probability (:func:`~._outputs.to_probabilities`), so a model
+    that returns probabilities is scored on them, not on a softmax of them.
+    """
     if len(x) == 0:
         raise XauditError("evaluate got no samples: pass at least one (x, y) pair")
     if len(x) != len(y):
@@ -292,14 +297,25 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     with _eval_mode(model) as device:
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
             logits, yb = model(xb.to(device)), yb.to(device)
-            total_loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            if note_outputs(model, logits) == PROBABILITIES:
+                log_p = torch.log(logits.clamp_min(1e-12))
+                total_loss += float(nn.functional.nll_loss(log_p, yb, reduction="sum"))
+            else:
+                total_loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
     return total_loss / len(x), correct / len(x)
 
 
 def predict_proba(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """Softmax class probabilities (N×K, on the CPU) in eval mode without autograd (``.training`` restored)."""
+    """Class probabilities (N×K, on the CPU) in eval mode without autograd (``.training`` restored): the
+    softmax of the model's logits, or its own outputs when it returns probabilities (ends in ``nn.Softmax``).
+    """
     if len(x) == 0:
         raise XauditError("predict_proba got no samples: pass at least one input")
     with _eval_mode(model) as device:
-        return torch.cat([model(xb.to(device)).softmax(1).cpu() for xb in x.split(batch_size)])
+        outputs = torch.cat([model(xb.to(device)).cpu() for xb in x.split(batch_size)])
+    bad = int((~torch.isfinite(outputs).all(1)).sum()) if outputs.is_floating_point() else 0
+    if bad:
+        raise XauditError(f"the model returned NaN/Inf outputs for {bad} of {len(x)} samples: fix its forward "
+                          "(e.g. a log or division of values that can be 0 or negative) so every output is finite")
+    return to_probabilities(model, outputs)

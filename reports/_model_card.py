@@ -13,11 +13,16 @@ from typing import Any
 from torch import nn
 
 from xaudit.models._nets import MODELS
+from xaudit.models._outputs import LOGITS, PROBABILITIES, output_kind
 
 from ._subject import Subject
 
 #: What each axis of an input means, per dataset kind.
 INPUT_LAYOUTS = {"image": "channels × height × width", "sequence": "time steps × features"}
+
+#: How the model's outputs are read, by :func:`~xaudit.models._outputs.output_kind`.
+OUTPUT_DESCRIPTIONS = {PROBABILITIES: "probabilities (softmax in the model)",
+                       LOGITS: "logits"}
 
 
 def layer_summary(model: nn.Module) -> list[dict[str, Any]]:
@@ -66,6 +71,7 @@ def model_card(subject: Subject, n_explained: int) -> dict[str, Any]:
     return {"model_card": {
         "layers": layer_summary(subject.model),
         "input_layout": INPUT_LAYOUTS.get(dataset.kind, dataset.kind),
+        "outputs": OUTPUT_DESCRIPTIONS[output_kind(subject.model, dataset.x_test[:2])],
         "splits": {"train": dataset.n_train - n_val, "validation": n_val, "test": dataset.n_test,
                    "validation_fraction": val_fraction},
         "training": training,

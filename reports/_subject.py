@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
+import torch
 from torch import nn
 
 from xaudit.models._data import DATASETS, Dataset, load_dataset
 from xaudit.models._nets import MODELS, build_model, count_parameters, model_kind
 from xaudit.models._train import EpochRecord, TrainConfig, TrainResult, train_model
 from xaudit.models._errors import XauditError, did_you_mean
+from xaudit.models._validate import model_dtype
 
 if TYPE_CHECKING:
     from xaudit.models import LoadedModel
@@ -77,11 +79,11 @@ def epoch_printer(progress: Progress | None, label: str) -> Callable[[int, int, 
     return report_epoch
 
 
-def load_data(data: Dataset | str | os.PathLike[str], *, seed: int = 0) -> Dataset:
-    """A :class:`Dataset` as given, or loaded by built-in name / ``.npz`` path."""
+def load_data(data: Dataset | str | os.PathLike[str], *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Dataset:
+    """A :class:`Dataset` as given, or loaded by built-in name / ``.npz`` path, with x in ``dtype`` (the model's)."""
     if isinstance(data, Dataset):
-        return data
-    return load_dataset(data, seed=seed)
+        return data.with_dtype(dtype)
+    return load_dataset(data, seed=seed, dtype=dtype)
 
 
 class _Loaded(NamedTuple):
@@ -143,7 +145,8 @@ def resolve_subject(
         loaded = loaded._replace(name=model, source=f"built-in {model} with weights from {os.fspath(state_dict)}")
     else:
         loaded = _load(model, state_dict=state_dict, trust_pickle=trust_pickle)
-        dataset = load_data(data if data is not None else (loaded.dataset or "digits"), seed=seed)
+        dataset = load_data(data if data is not None else (loaded.dataset or "digits"), seed=seed,
+                            dtype=model_dtype(loaded.model))
     return _checked_subject(loaded.model, loaded.name, loaded.source, dataset, loaded.train_config, loaded.history)
 
 

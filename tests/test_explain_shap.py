@@ -529,3 +529,13 @@ def test_bad_parameters_are_one_line_errors(method: str, params: dict, message: 
     with pytest.raises(XauditError, match=message) as err:
         get_explainer(method)(mlp(8), **params)
     assert "\n" not in str(err.value)
+
+
+def test_deep_checks_a_float64_model_with_a_float64_probe() -> None:
+    # unsupported_reason builds the hook-safe copy from a zero sample, which must be in the model's dtype
+    model = ReluCNN().double().eval()
+    x, background = data((1, 8, 8), n=2, n_bg=4)
+    explainer = get_explainer("shap_deep")(model).fit(background.double())
+    assert explainer.unsupported_reason((1, 8, 8)) is None
+    exp = explainer.explain(x.double(), [3, 1])
+    assert exp.attributions.dtype == torch.float64 and exp.extras["additivity_error"].abs().max() < 1e-6

@@ -51,7 +51,8 @@ def test_nan_and_inf(model):
 
 
 def test_bad_outputs():
-    assert "not (1, n_classes)" in _error(nn.Flatten(0), torch.rand(2, 3))
+    assert "not (2, n_classes)" in _error(nn.Flatten(0), torch.rand(2, 3))  # probed with two samples
+    assert "not (1, n_classes)" in _error(nn.Flatten(0), torch.rand(1, 3))  # or the one there is
     assert "1 score per sample" in _error(nn.Linear(3, 1), torch.rand(2, 3))
 
 
