@@ -27,6 +27,7 @@ from ._memory import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     GRADIENT_CALL_SLACK,
     bytes_for_one_row,
+    current_budget,
     parse_bytes,
     row_memory,
     rows_for_budget,
@@ -244,7 +245,7 @@ class Explainer:
     def _plan(self, inputs: torch.Tensor, batch_size: int | None,
               memory_budget: int | str | None) -> tuple[int, int]:
         """(samples per chunk, rows per model call) under the memory budget; inside the model guard."""
-        budget = parse_bytes(memory_budget) if memory_budget is not None else DEFAULT_MEMORY_BUDGET_BYTES
+        budget = current_budget(memory_budget)
         memory = row_memory(self.model, inputs[:1])
         row_batch = rows_for_budget(memory, budget, self.name, inputs[:1].numel() * inputs.element_size(),
                                     device=inputs.device, factor=self._memory_factor())
@@ -336,8 +337,9 @@ class Explainer:
                 memory_budget: int | str | None = None) -> Explanation:
         """Explain ``inputs`` for ``target`` (None: the model's predicted class) and measure the cost.
 
-        ``memory_budget`` (bytes or a string like ``"2GiB"``, default 2 GiB) bounds the memory the call may
-        take; inputs are chunked to fit. ``seed`` makes stochastic methods reproducible without touching
+        ``memory_budget`` (bytes or a string like ``"2GiB"``; default: the enclosing
+        :func:`~xaudit.explain.memory_budget` block's, else 2 GiB) bounds the memory the call may take; inputs
+        are chunked to fit. ``seed`` makes stochastic methods reproducible without touching
         the caller's random state.
         """
         inputs = self._checked(inputs)

@@ -9,8 +9,11 @@ benchmark script (IG, 128 steps, 2,000 inputs of 32×32).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +58,33 @@ def parse_bytes(text: str | int | float) -> int:
     if value <= 0:
         raise XauditError(f"memory budget must be positive, got {text!r}")
     return value
+
+
+_BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar("xaudit_memory_budget", default=None)
+
+
+@contextlib.contextmanager
+def memory_budget(budget: int | str) -> Iterator[int]:
+    """Make ``budget`` the memory budget of every explanation in the block that is not given one: the
+    report's quality metrics and sample curves re-run methods many times, and each run keeps to it too.
+
+    >>> with memory_budget("512MiB"):
+    ...     build_report(...)
+    """
+    token = _BUDGET.set(parse_bytes(budget))
+    try:
+        yield _BUDGET.get()  # type: ignore[misc]
+    finally:
+        _BUDGET.reset(token)
+
+
+def current_budget(budget: int | str | None = None) -> int:
+    """``budget`` in bytes; when None, the budget of the enclosing :func:`memory_budget` block, else the
+    default (:data:`DEFAULT_MEMORY_BUDGET_BYTES`)."""
+    if budget is not None:
+        return parse_bytes(budget)
+    scoped = _BUDGET.get()
+    return DEFAULT_MEMORY_BUDGET_BYTES if scoped is None else scoped
 
 
 def format_bytes(n: float) -> str:

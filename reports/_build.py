@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from xaudit.explain import Explainer, Explanation, available_methods, get_explainer, parse_bytes
-from xaudit.explain._memory import DEFAULT_MEMORY_BUDGET_BYTES, budget_too_small
+from xaudit.explain._memory import budget_too_small, current_budget
+from xaudit.explain._memory import memory_budget as explain_memory_budget
 from xaudit.models._data import Dataset
 from xaudit.models._nets import MODELS, build_model
 from xaudit.models._train import evaluate
@@ -150,7 +151,7 @@ def check_memory_budget(model: nn.Module, x: torch.Tensor, names: Sequence[str],
     the error names the one that needs the most (the amount to raise the budget to). Costs one forward
     pass of one sample (the row estimate, cached for the explanations that follow).
     """
-    budget = DEFAULT_MEMORY_BUDGET_BYTES if memory_budget is None else parse_bytes(memory_budget)
+    budget = current_budget(memory_budget)
     needs: dict[str, int] = {}
     for name in names:
         explainer = get_explainer(name)(model)
@@ -246,10 +247,12 @@ def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int 
     x = dataset.x_test[indices]
     targets = predict_classes(model, x)
     background = background_samples(dataset, seed)
-    results = explain_methods(model, x, targets, background, methods, seed=seed,
-                              progress=progress, memory_budget=memory_budget)
-    results, summary = compute_quality(model, results, x, targets, background, mode=quality, seed=seed,
-                                       progress=progress)
+    # the budget holds for the quality metrics' and sample curves' re-runs too, not only the explanations
+    with explain_memory_budget(current_budget(memory_budget)):
+        results = explain_methods(model, x, targets, background, methods, seed=seed,
+                                  progress=progress, memory_budget=memory_budget)
+        results, summary = compute_quality(model, results, x, targets, background, mode=quality, seed=seed,
+                                           progress=progress)
     return ReportContext(subject=subject, device=device, metrics=metrics, indices=indices,
                          labels=dataset.y_test[indices], targets=targets, methods=results,
                          machine=machine_info(device), seed=seed,
