@@ -190,7 +190,8 @@ def compute_quality(model: nn.Module, methods: Sequence[Any], x: torch.Tensor, t
                 summary["sample_curves"][result.name] = curve
                 evals += (curve["forward_evals"], curve["backward_evals"])
         out.append(dataclasses.replace(result, quality=quality))
-        points.append(frontier_point(result.name, result.explanation.cost, results))
+        points.append(frontier_point(result.name, result.explanation.cost, results,
+                                     random_deletion_auc=deletion.value))
     if len(supported) >= 2:
         agreement = method_agreement([m.explanation for m in supported])
         summary["agreement"] = {"methods": list(agreement.methods), "matrix": [list(r) for r in agreement.matrix],

@@ -52,9 +52,10 @@ def agreement_heatmap(methods: Sequence[str], matrix: Sequence[Sequence[float]])
         return to_data_uri(fig)
 
 
-def pareto_scatter(points: Sequence[Mapping[str, Any]]) -> str:
-    """Cost (ms/sample, log x) against faithfulness (1 − deletion AUC); filled = passes the randomization
-    check, × = fails it, hollow = not checked; the Pareto set is ringed and joined by a line."""
+def pareto_scatter(points: Sequence[Mapping[str, Any]], faithful_min: float | None = None) -> str:
+    """Cost (ms/sample, log x) against faithfulness (1 − deletion AUC ÷ a random map's); filled = passes the
+    randomization check, × = fails it, hollow = not checked; the Pareto set is ringed and joined by a line.
+    Dotted lines mark a random map (0) and, given ``faithful_min``, the least faithfulness counted as faithful."""
     shown = [p for p in points if p["faithfulness"] is not None and p["wall_s_per_sample"]]
     palette = {True: "#2ca02c", False: "#d62728", None: "#7f7f7f"}
     with _style():
@@ -74,9 +75,16 @@ def pareto_scatter(points: Sequence[Mapping[str, Any]]) -> str:
         if len(front) > 1:
             ax.plot([p["wall_s_per_sample"] * 1e3 for p in front], [p["faithfulness"] for p in front],
                     color="black", linewidth=0.8, linestyle="--", zorder=1)
+        ax.axhline(0.0, color="#7f7f7f", linewidth=0.8, linestyle=":", zorder=0)
+        ax.annotate("random map", (0.0, 0.0), xycoords=("axes fraction", "data"), textcoords="offset points",
+                    xytext=(3, 2), fontsize=6, color="#7f7f7f")
+        if faithful_min is not None:
+            ax.axhline(faithful_min, color="#2ca02c", linewidth=0.8, linestyle=":", zorder=0)
+            ax.annotate("faithful", (0.0, faithful_min), xycoords=("axes fraction", "data"),
+                        textcoords="offset points", xytext=(3, 2), fontsize=6, color="#2ca02c")
         ax.set_xscale("log")
         ax.set_xlabel("explanation cost (wall ms/sample, log scale)")
-        ax.set_ylabel("faithfulness (1 − deletion AUC)")
+        ax.set_ylabel("faithfulness (1 − deletion AUC ÷ random map's)")
         from matplotlib.lines import Line2D
 
         ax.legend(handles=[

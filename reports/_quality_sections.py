@@ -60,7 +60,8 @@ class FrontierSection(Section):
 
     def template_vars(self, ctx: ReportContext, report: Mapping[str, Any]) -> dict[str, Any]:
         frontier = report["frontier"]
-        return {"scatter_uri": figures.pareto_scatter(frontier["points"]) if frontier else None}
+        return {"scatter_uri": (figures.pareto_scatter(frontier["points"], frontier.get("faithful_min"))
+                                if frontier else None)}
 
 
 class SampleCurveSection(Section):

@@ -61,14 +61,31 @@ def _methods(report: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]
     return ran, passing, failing, unsupported
 
 
+def _deletion_words(entry: Mapping[str, Any]) -> str:
+    """"deletion AUC 0.33 against 0.55 for a random map, faithfulness 0.39" from a recommendation or point."""
+    auc, ref, faith = entry.get("deletion_auc"), entry.get("random_deletion_auc"), entry.get("faithfulness")
+    words = []
+    if auc is not None:
+        words.append(f"deletion AUC {auc:.2g}" + (f" against {ref:.2g} for a random map" if ref is not None else ""))
+    if faith is not None:
+        words.append(f"faithfulness {faith:.2f}")
+    return ", ".join(words)
+
+
 def _trust(report: Mapping[str, Any], passing: Sequence[str], failing: Sequence[str]) -> tuple[dict[str, Any], str]:
-    """The recommended method: the most faithful sane one within the largest budget, and the cheapest sane one."""
+    """The recommended method: the most faithful sane one within the largest budget, and the cheapest sane one.
+
+    Only the recommendations name a method to trust, and they come from the same test as the verdicts' "faithful
+    by deletion" (:func:`xaudit.explain._frontier.faithful_by_deletion`), so the two cannot disagree.
+    """
     recs = [r for r in report.get("recommendations") or [] if r.get("method")]
     if recs:
         best = max(recs, key=lambda r: r["budget_s_per_sample"])
         cheapest = min(recs, key=lambda r: r["budget_s_per_sample"])
-        line = (f"Trust {best['method']}: the most faithful method that passes the model-randomization check "
-                f"(deletion AUC {1 - best['faithfulness']:.2f}, {_seconds(best['wall_s_per_sample'])} per sample).")
+        cost = f"{_seconds(best['wall_s_per_sample'])} per sample"
+        evidence = ", ".join(w for w in (_deletion_words(best), cost) if w)
+        line = (f"Trust {best['method']}: the most faithful method that passes the model-randomization check and "
+                f"beats a random map by deletion ({evidence}).")
         if cheapest["method"] != best["method"]:
             line += (f" Under {cheapest['budget']}, {cheapest['method']} is the best choice "
                      f"({_seconds(cheapest['wall_s_per_sample'])} per sample).")
@@ -78,12 +95,16 @@ def _trust(report: Mapping[str, Any], passing: Sequence[str], failing: Sequence[
         return none, "No explanation can be trusted: every checked method fails the model-randomization check."
     points = (report.get("frontier") or {}).get("points") or []
     if points and not passing:
-        faithful = max((p for p in points if p.get("faithfulness") is not None), key=lambda p: p["faithfulness"],
-                       default=None)
+        faithful = max((p for p in points if p.get("faithful") and p.get("faithfulness") is not None),
+                       key=lambda p: p["faithfulness"], default=None)
         if faithful is not None:
             return none, (f"No method is recommended: the randomization check was not run. By deletion alone "
-                          f"{faithful['method']} is the most faithful ({_seconds(faithful['wall_s_per_sample'])} "
-                          "per sample), which can reward maps that only show the input.")
+                          f"{faithful['method']} is the most faithful ({_deletion_words(faithful)}, "
+                          f"{_seconds(faithful['wall_s_per_sample'])} per sample), which can reward maps that only "
+                          "show the input.")
+        if any(p.get("faithfulness") is not None for p in points):
+            return none, ("No method is recommended: the randomization check was not run, and no method beats a "
+                          "random map by deletion.")
     reasons = [r["reason"] for r in sorted(report.get("recommendations") or [], key=lambda r: r["budget_s_per_sample"])]
     if reasons:
         return none, reasons[-1]  # the largest budget's reason says why not even it has a method

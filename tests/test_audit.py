@@ -53,6 +53,15 @@ def test_default_policy_loads_and_every_check_says_why() -> None:
     assert load_policy("default") == policy
 
 
+def test_default_trust_check_asks_more_than_a_recommendation_already_has() -> None:
+    """Every recommendation is faithful by deletion (faithfulness >= FAITHFUL_MIN); a threshold at or below
+    that would pass any budget with a recommendation, and above 1 nothing could pass."""
+    from xaudit.explain._frontier import FAITHFUL_MIN
+
+    (trust,) = [c for c in load_policy(None).checks if c.value == "recommendations[*].faithfulness"]
+    assert trust.rule == "min" and FAITHFUL_MIN < trust.threshold < 1.0
+
+
 def test_policy_file_parses_rules_and_names(tmp_path: Path) -> None:
     file = tmp_path / "gate.toml"
     file.write_text('name = "gate"\n' + _check("metrics.test_accuracy", "min", "1", name="acc")

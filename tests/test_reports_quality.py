@@ -90,9 +90,18 @@ def test_full_report_top_level_quality(reports: dict[str, tuple[Path, dict[str, 
     assert all(p["pareto"] == (p["method"] in frontier["pareto"]) for p in frontier["points"])
     recs = report["recommendations"]
     assert recs and all(isinstance(r["reason"], str) and r["reason"] for r in recs)
-    # a method that fails the randomization check is never recommended
+    # a method that fails the randomization check is never recommended, nor one its verdict calls unfaithful
     passing = {m["name"] for m in report["methods"] if m["quality"]["sanity_passed"]}
     assert all(r["method"] is None or r["method"] in passing for r in recs)
+    verdicts = {m["name"]: m["quality"]["verdict"] for m in report["methods"]}
+    assert all(r["method"] is None or f"{r['method']} is faithful by deletion" in verdicts[r["method"]] for r in recs)
+    # faithfulness is the gain over the report's own random map
+    random_auc = report["random_map"]["deletion_auc"]
+    for p in frontier["points"]:
+        assert p["faithfulness"] == pytest.approx(1 - p["deletion_auc"] / random_auc)
+        assert p["random_deletion_auc"] == random_auc and p["random_deletion_auc_assumed"] is False
+    trusted = report["summary"]["trusted_method"]
+    assert trusted is None or f"{trusted} is faithful by deletion" in verdicts[trusted]
     agreement = report["agreement"]
     assert agreement["methods"] == names and len(agreement["matrix"]) == 3
     assert all(agreement["matrix"][i][i] == pytest.approx(1.0) for i in range(3))

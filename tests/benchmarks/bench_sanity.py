@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     print(cost_table(rows))
     for r in rows:
         print("-", xe.method_verdict(r.results, random_deletion_auc=random.value))
-    frontier = xe.pareto_frontier(xe.frontier_point(r.method, r.explanation.cost, r.results) for r in rows)
+    frontier = xe.pareto_frontier(xe.frontier_point(r.method, r.explanation.cost, r.results,
+                                                    random_deletion_auc=random.value) for r in rows)
     print("Pareto set over (faithfulness, sanity, cost):", ", ".join(frontier.pareto))
     for rec in xe.recommend(frontier.points):
         print("-", rec.reason)
