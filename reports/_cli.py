@@ -23,6 +23,7 @@ import torch
 
 from xaudit.explain import available_methods, parse_bytes
 from xaudit.models._data import DATASETS
+from xaudit.models._layout import CHANNELS_FIRST
 from xaudit.models._nets import MODELS, ModelSpec
 from xaudit.models._train import TrainConfig, train_model
 from xaudit.models._errors import XauditError
@@ -290,7 +291,10 @@ def _run_explain(args: argparse.Namespace) -> int:
         summary = {"xaudit_version": xaudit_version(), **exp.to_dict(), "fit_wall_s": result.fit_wall_s,
                    "cost_total": exp.cost.to_dict(), **describe_subject(subject),
                    "machine": machine_info(device), "npz": out.name}
-        arrays = {"attributions": exp.attributions.numpy(), "inputs": exp.inputs.numpy(),
+        attributions, inputs = exp.attributions, exp.inputs
+        if subject.input_layout == CHANNELS_FIRST:  # back to the layout of the user's data file
+            attributions, inputs = attributions.transpose(1, 2), inputs.transpose(1, 2)
+        arrays = {"attributions": attributions.numpy(), "inputs": inputs.numpy(),
                   "targets": exp.targets.numpy(), "labels": dataset.y_test[indices].numpy(),
                   "test_indices": indices.numpy(), "class_names": np.array(subject.class_names, dtype=str)}
         buffer = io.BytesIO()

@@ -13,12 +13,17 @@ from typing import Any
 from torch import nn
 
 from xaudit.models._nets import MODELS
+from xaudit.models._layout import CHANNELS_FIRST
 from xaudit.models._outputs import LOGITS, PROBABILITIES, output_kind
 
 from ._subject import Subject
 
 #: What each axis of an input means, per dataset kind.
 INPUT_LAYOUTS = {"image": "channels × height × width", "sequence": "time steps × features"}
+#: A 1-D CNN's N×C×L data (see ``xaudit.models._layout``).
+CHANNELS_FIRST_CARD = ("channels × length in the data, as the model's first nn.Conv1d takes it; read here as "
+                       "time steps × channels (maps, LIME's time windows, occlusion and the shuffle test run over "
+                       "the length)")
 
 #: How the model's outputs are read, by :func:`~xaudit.models._outputs.output_kind`.
 OUTPUT_DESCRIPTIONS = {PROBABILITIES: "probabilities (softmax in the model)",
@@ -70,7 +75,8 @@ def model_card(subject: Subject, n_explained: int) -> dict[str, Any]:
         limitations.append(f"Training ran {epochs_run} of the recipe's {config.epochs} epochs{why}.")
     return {"model_card": {
         "layers": layer_summary(subject.model),
-        "input_layout": INPUT_LAYOUTS.get(dataset.kind, dataset.kind),
+        "input_layout": (CHANNELS_FIRST_CARD if subject.input_layout == CHANNELS_FIRST
+                         else INPUT_LAYOUTS.get(dataset.kind, dataset.kind)),
         "outputs": OUTPUT_DESCRIPTIONS[output_kind(subject.model, dataset.x_test[:2])],
         "splits": {"train": dataset.n_train - n_val, "validation": n_val, "test": dataset.n_test,
                    "validation_fraction": val_fraction},

@@ -46,6 +46,9 @@ class Subject:
     n_classes: int
     train_config: TrainConfig | None = None
     history: tuple[EpochRecord, ...] = ()
+    #: How the user's 3-D data was laid out: ``TIME_FEATURES``, or ``CHANNELS_FIRST`` when the model is a
+    #: :class:`~xaudit.models._layout.ChannelsFirst` wrapper and ``dataset`` holds the data transposed.
+    input_layout: str | None = None
 
 
 def training_config(model_name: str, dataset: Dataset, *, seed: int = 0, epochs: int | None = None) -> TrainConfig:
@@ -181,26 +184,40 @@ def _checked_subject(model: nn.Module, name: str, source: str, dataset: Dataset,
                      history: tuple[EpochRecord, ...]) -> Subject:
     from xaudit.models import check_inputs
 
+    from xaudit.models._layout import CHANNELS_FIRST, TIME_FEATURES, ChannelsFirst, takes_channels_first
+
     n_classes = check_inputs(model, dataset.x_test, dataset.y_test, what=f"test data of {dataset.name!r}")
     if dataset.n_train:
         check_inputs(model, dataset.x_train, dataset.y_train, what=f"training data of {dataset.name!r}")
     names = tuple(dataset.class_names[:n_classes]) + tuple(str(i) for i in range(len(dataset.class_names), n_classes))
+    layout = None
+    if dataset.kind == "sequence":
+        layout = TIME_FEATURES
+        if takes_channels_first(model, dataset.x_test):
+            # a 1-D CNN on N×C×L: explain and diagnose it over time steps, not over its channels
+            model, layout = ChannelsFirst(model), CHANNELS_FIRST
+            dataset = dataclasses.replace(dataset, x_train=dataset.x_train.transpose(1, 2).contiguous(),
+                                          x_test=dataset.x_test.transpose(1, 2).contiguous())
     return Subject(model=model, name=name, source=source, dataset=dataset, class_names=names,
-                   n_classes=int(n_classes), train_config=config, history=tuple(history))
+                   n_classes=int(n_classes), train_config=config, history=tuple(history), input_layout=layout)
 
 
 def describe_subject(subject: Subject) -> dict[str, dict[str, Any]]:
     """report.json's ``model`` and ``data`` objects for ``subject``."""
+    from xaudit.models._layout import ChannelsFirst
+
     model, dataset = subject.model, subject.dataset
     config = subject.train_config.to_dict() if subject.train_config is not None else None
+    architecture = type(model.model if isinstance(model, ChannelsFirst) else model).__name__
     return {
         "model": {
             "name": subject.name, "kind": model_kind(model), "n_params": count_parameters(model),
             "n_trainable_params": count_parameters(model, trainable_only=True),
-            "architecture": type(model).__name__, "input_shape": list(dataset.input_shape),
+            "architecture": architecture, "input_shape": list(dataset.input_shape),
             "n_classes": subject.n_classes, "class_names": list(subject.class_names),
             "source": subject.source, "train_config": config,
         },
         "data": {"name": dataset.name, "kind": dataset.kind, "n_train": dataset.n_train,
-                 "n_test": dataset.n_test, "input_shape": list(dataset.input_shape)},
+                 "n_test": dataset.n_test, "input_shape": list(dataset.input_shape),
+                 "input_layout": subject.input_layout},
     }

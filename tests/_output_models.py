@@ -95,3 +95,20 @@ def make_batch_of_one() -> nn.Module:
 
 def make_float64() -> nn.Module:
     return make_logits().double()
+
+
+class Conv1dNCL(nn.Module):
+    """A 1-D CNN written for N×C×L signals (3 channels, length 20): its first layer takes the input as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 5, padding=2)
+        self.fc = nn.Linear(4 * 20, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def make_conv1d_ncl() -> nn.Module:
+    torch.manual_seed(3)
+    return Conv1dNCL()
