@@ -274,7 +274,14 @@ def _walk(node: Any, steps: Sequence[Step], where: str, labels: tuple[str, ...],
                 return
             raise XauditError(f"{_which(check)} names nothing in report.json: "
                               + did_you_mean(f"key of {here}", arg, map(str, node)).args[0])
-        _walk(node[arg], rest, f"{where}.{arg}" if where else arg, labels, check, out)
+        path = f"{where}.{arg}" if where else arg
+        if not rest and node[arg] is None and isinstance(node.get("reason"), str) and node["reason"]:
+            # the object says why it has no value (a recommendation: the sanity check did not run, no method
+            # is fast enough): that beats the policy's generic words
+            out.append(_Target(path, labels, missing=f"not measured: {path} is null in report.json "
+                                                     f"({node['reason'].rstrip('.')})"))
+            return
+        _walk(node[arg], rest, path, labels, check, out)
         return
     if not isinstance(node, list):
         raise XauditError(f"{_which(check)}: {here} is {_kind(node)}, not a list, so [{arg}] selects "

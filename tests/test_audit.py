@@ -324,3 +324,14 @@ def test_audit_section_sees_the_report_so_far() -> None:
     report = Report.from_context(FakeCtx(), [Metrics(), AuditSection(policy)])  # type: ignore[arg-type]
     assert report.json["audit"]["passed"] is True
     assert report.json["audit"]["checks"][0]["value"] == 0.9
+
+
+def test_a_null_value_cites_the_reason_its_entry_gives() -> None:
+    # --quality fast: no sanity check, so no recommendation; the audit says so instead of only "null"
+    report = _report()
+    why = "The randomization check was not run, so no method is recommended under 1 ms/sample: use --quality full."
+    report["recommendations"] = [{"budget": "1 ms/sample", "method": None, "faithfulness": None, "reason": why},
+                                 {"budget": "1 s/sample", "method": "saliency", "faithfulness": 0.4, "reason": "ok"}]
+    first, second = audit(report, _policy(_check("recommendations[*].faithfulness", "min", "0.3"))).checks
+    assert first.status == "failed" and "not measured" in first.note and "randomization check was not run" in first.note
+    assert second.status == "passed"
