@@ -286,7 +286,8 @@ def method_verdict(results: Mapping[str, MetricResult] | Iterable[MetricResult],
         if faithful and rnd is not None and rnd.dominated_by_input:
             sentences.append(f"{method} looks faithful by deletion ({evidence}) but fails the model-randomization "
                              f"check: with every layer randomized its map still has rank correlation {rnd.value:.2f} "
-                             "with the trained model's, so it mostly shows the input, not what the model learned.")
+                             "with the trained model's, so it mostly shows the input and the architecture's own "
+                             "structure, not what the model learned.")
             rnd = None  # said already
         else:
             need = "" if faithful else f"; {FAITHFUL_MIN:.2f} needed"

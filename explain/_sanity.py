@@ -202,8 +202,9 @@ class ModelRandomization(QualityMetric):
                        "every layer randomized).")
         elif dominated:
             verdict = (f"{method} fails the model-randomization check: with every layer randomized its map still "
-                       f"has rank correlation {final:.2f} with the trained model's — it mostly shows the input, "
-                       "not what the model learned.")
+                       f"has rank correlation {final:.2f} with the trained model's — it mostly shows the input and "
+                       "the architecture's own structure (a recurrent model's weight on recent time steps survives "
+                       "randomization too), not what the model learned.")
         elif top_only:
             verdict = (f"{method} fails the model-randomization check: with only the top layers randomized its map "
                        f"keeps a mean rank correlation of {cascade:.2f} with the trained model's, so it barely "

@@ -189,9 +189,13 @@ def _cleanup_on_failure(created: list[Path]) -> Iterator[None]:
         raise
 
 
-def _subject(args: argparse.Namespace, progress: Progress | None) -> Subject:
+def _subject(args: argparse.Namespace, progress: Progress | None, *, trains: bool = False) -> Subject:
+    """The subject of a command; ``trains``: the command trains a loaded model itself (``train``), so
+    --epochs only goes to resolve_subject for a bare built-in name."""
+    builtin_name = args.model in MODELS and args.state_dict is None
+    epochs = args.epochs if builtin_name or not trains else None
     return resolve_subject(args.model, args.data, state_dict=args.state_dict, trust_pickle=args.trust_pickle,
-                           seed=args.seed, epochs=args.epochs, use_cache=not args.no_cache, progress=progress)
+                           seed=args.seed, epochs=epochs, use_cache=not args.no_cache, progress=progress)
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -223,7 +227,7 @@ def _run_train(args: argparse.Namespace) -> int:
     created = prepare_out_file(args.out)
     with _cleanup_on_failure(created):
         resolve_device(args.device)  # validated for consistency; training runs where the model lives
-        subject = _subject(args, progress)
+        subject = _subject(args, progress, trains=True)
         builtin = args.model in MODELS
         if not builtin or args.state_dict is not None:
             # resolve_subject trained only a bare built-in name; a loaded, factory or warm-started model

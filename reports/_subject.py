@@ -138,7 +138,9 @@ def resolve_subject(
     Everything that can be checked cheaply (names, files, shapes, labels) is checked before training.
     ``data=None`` means the built-in dataset a saved model file records, else ``digits``.
     """
-    if isinstance(model, str) and model in MODELS:
+    builtin = isinstance(model, str) and model in MODELS
+    if builtin:
+        assert isinstance(model, str)
         dataset = load_data(data if data is not None else "digits", seed=seed)
         # building is cheap and raises the shape error (e.g. a GRU on images) before any training
         fresh = build_model(model, dataset.input_shape, dataset.n_classes)
@@ -150,7 +152,14 @@ def resolve_subject(
         loaded = _load(model, state_dict=state_dict, trust_pickle=trust_pickle)
         dataset = load_data(data if data is not None else (loaded.dataset or "digits"), seed=seed,
                             dtype=model_dtype(loaded.model))
-    return _checked_subject(loaded.model, loaded.name, loaded.source, dataset, loaded.train_config, loaded.history)
+    subject = _checked_subject(loaded.model, loaded.name, loaded.source, dataset, loaded.train_config,
+                               loaded.history)
+    if epochs is not None:  # after the model and data checks, whose errors say more
+        what = f"the built-in {model} with weights from a file" if builtin else "a model you supply"
+        raise XauditError(f"--epochs sets how long a built-in model trains, but {what} is used as it is: drop "
+                          "--epochs, or name a built-in model (cnn, gru, lstm) without --state-dict to train one "
+                          "(xaudit train trains a supplied model)")
+    return subject
 
 
 def _trained(name: str, dataset: Dataset, *, seed: int, epochs: int | None, use_cache: bool,

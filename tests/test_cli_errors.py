@@ -189,3 +189,19 @@ def test_unreadable_memory_budget(tmp_path, capsys) -> None:
                  "--out", str(tmp_path / "a.npz")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cannot read memory size 'lots'" in err
+
+
+def test_epochs_with_a_model_that_is_not_trained_is_a_usage_error(tmp_path, capsys) -> None:
+    # --epochs was silently ignored for a supplied model; a built-in model with --state-dict is not trained either
+    from xaudit.reports._subject import resolve_subject
+    from xaudit.models import build_model
+    from xaudit.models._errors import XauditError
+    import pytest as _pytest
+
+    with _pytest.raises(XauditError, match="--epochs sets how long a built-in model trains, but a model you supply"):
+        resolve_subject(build_model("cnn", (1, 8, 8), 10, seed=0), "digits", epochs=3)
+    weights = tmp_path / "w.pt"
+    import torch as _torch
+    _torch.save(build_model("cnn", (1, 8, 8), 10, seed=0).state_dict(), weights)
+    with _pytest.raises(XauditError, match="the built-in cnn with weights from a file is used as it is"):
+        resolve_subject("cnn", "digits", state_dict=weights, epochs=3)
