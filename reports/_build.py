@@ -24,7 +24,7 @@ from xaudit.models._train import evaluate
 from xaudit.models._errors import XauditError
 
 from ._quality_build import check_quality_mode, compute_quality
-from ._runtime import machine_info, resolve_device
+from ._runtime import CpuContention, machine_info, resolve_device
 from ._subject import ModelSource, Subject, load_data, resolve_subject
 
 #: Training inputs handed to methods that need background data (SHAP-style baselines).
@@ -248,14 +248,17 @@ def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int 
     targets = predict_classes(model, x)
     background = background_samples(dataset, seed)
     # the budget holds for the quality metrics' and sample curves' re-runs too, not only the explanations
-    with explain_memory_budget(current_budget(memory_budget)):
+    with explain_memory_budget(current_budget(memory_budget)), CpuContention() as contention:
         results = explain_methods(model, x, targets, background, methods, seed=seed,
                                   progress=progress, memory_budget=memory_budget)
         results, summary = compute_quality(model, results, x, targets, background, mode=quality, seed=seed,
                                            progress=progress)
+    if contention.result is not None and contention.result["busy"]:
+        say(f"warning: other processes took {contention.result['other_cpu_share']:.0%} of the CPU while the "
+            "methods were measured: timings may be inflated")
     return ReportContext(subject=subject, device=device, metrics=metrics, indices=indices,
                          labels=dataset.y_test[indices], targets=targets, methods=results,
-                         machine=machine_info(device), seed=seed,
+                         machine={**machine_info(device), "contention": contention.result}, seed=seed,
                          created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          quality=summary)
 

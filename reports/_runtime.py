@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import time
 from typing import Any
 
 import torch
@@ -77,3 +78,56 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "versions": {name: _version(name) for name in ("xaudit", "torch", "captum", "shap", "lime", "numpy")},
     }
     return info
+
+
+#: Other processes' share of the machine's CPU time above which timings are flagged as measured on a busy
+#: machine (a parallel test run took IG from 7 to 635 ms per sample on 2 cores: user test).
+BUSY_SHARE = 0.25
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds every core of the machine has spent busy (user, nice, system, irq, softirq, and steal: time
+    a VM's cores were taken by the host), from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != b"cpu" or len(fields) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuContention:
+    """Measures what share of the machine's CPU other processes (and a VM host) took during a block.
+
+    >>> with CpuContention() as contention:
+    ...     run()
+    >>> contention.result   # {"other_cpu_share": 0.03, "busy": False, ...} or None off Linux
+    """
+
+    def __init__(self) -> None:
+        self.result: dict[str, Any] | None = None
+
+    def __enter__(self) -> CpuContention:
+        self._busy0, self._own0 = _machine_busy_seconds(), _own_cpu_seconds()
+        self._wall0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy1, own1 = _machine_busy_seconds(), _own_cpu_seconds()
+        wall = time.perf_counter() - self._wall0
+        cores = os.cpu_count() or 1
+        if self._busy0 is None or busy1 is None or wall <= 0:
+            return
+        other = max(busy1 - self._busy0 - (own1 - self._own0), 0.0)
+        share = min(other / (wall * cores), 1.0)
+        self.result = {"other_cpu_share": round(share, 3), "busy": share > BUSY_SHARE, "window_s": round(wall, 1),
+                       "machine_cores": cores, "threshold": BUSY_SHARE,
+                       "source": "/proc/stat busy time (with steal) less this process's CPU time"}
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
