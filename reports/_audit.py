@@ -15,9 +15,11 @@ Rules the evaluation follows (so CI never passes by accident):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -169,7 +171,27 @@ def audit(report: Report | Mapping[str, Any], policy: PolicyLike = None) -> Audi
     checks: list[AuditCheck] = []
     for check in policy.checks:
         checks += _evaluate(check, content)
+    busy = _busy_note(content)
+    if busy:  # a timing measured while other processes took the CPU: say so next to every timing check
+        checks = [dataclasses.replace(c, note=f"{c.note}; {busy}" if c.note else busy)
+                  if _TIMING.search(c.path) and c.status != "skipped" else c for c in checks]
     return AuditResult(policy=policy, checks=tuple(checks))
+
+
+#: report.json paths whose values are timings.
+_TIMING = re.compile(r"(wall|cpu)_s|seconds|_ms\b")
+
+
+def _busy_note(report: Mapping[str, Any]) -> str:
+    """A note when report.json says its timings were measured on a busy machine, else ''."""
+    measurement = report.get("measurement")
+    machine = measurement.get("machine") if isinstance(measurement, Mapping) else None
+    contention = machine.get("contention") if isinstance(machine, Mapping) else None
+    if not isinstance(contention, Mapping) or not contention.get("busy"):
+        return ""
+    share = contention.get("other_cpu_share")
+    took = f"{share:.0%} of the CPU" if isinstance(share, (int, float)) else "part of the CPU"
+    return f"measured on a busy machine (other processes took {took}): timings may be inflated"
 
 
 @dataclass(frozen=True)

@@ -335,3 +335,15 @@ def test_a_null_value_cites_the_reason_its_entry_gives() -> None:
     first, second = audit(report, _policy(_check("recommendations[*].faithfulness", "min", "0.3"))).checks
     assert first.status == "failed" and "not measured" in first.note and "randomization check was not run" in first.note
     assert second.status == "passed"
+
+
+def test_timing_checks_say_when_the_machine_was_busy() -> None:
+    report = _report()
+    report["measurement"] = {"machine": {"contention": {"busy": True, "other_cpu_share": 0.6}}}
+    policy = _policy(_check("methods[saliency].cost.wall_s_per_sample", "max", "1", name="t")
+                     + _check("metrics.test_accuracy", "min", "0.5", name="a"))
+    timing, accuracy = audit(report, policy).checks
+    assert timing.status == "passed" and "busy machine (other processes took 60% of the CPU)" in timing.note
+    assert "busy" not in accuracy.note
+    report["measurement"]["machine"]["contention"]["busy"] = False
+    assert "busy" not in audit(report, policy).checks[0].note
