@@ -105,6 +105,9 @@ class Explanation:
     family: str = "saliency"
     extras: Mapping[str, Any] = field(default_factory=dict)
     plan: Mapping[str, int] = field(default_factory=dict)
+    #: What the call ran with (:meth:`Explainer.settings`: automatic values resolved); ``config`` is the
+    #: constructor's arguments.
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.attributions.shape[0])
@@ -112,7 +115,7 @@ class Explanation:
     def to_dict(self) -> dict[str, Any]:
         """Summary without the arrays (for JSON)."""
         return {"name": self.method, "family": self.family, "config": dict(self.config),
-                "n_samples": len(self), "cost": self.cost.per_sample()}
+                "settings": dict(self.settings), "n_samples": len(self), "cost": self.cost.per_sample()}
 
     def _repr_html_(self) -> str:
         # imported on demand: explain/ must not import reports/ at module level (models → explain → reports)
@@ -256,6 +259,12 @@ class Explainer:
         per_chunk = min(per_chunk, int(batch_size or self.default_batch_size))
         return per_chunk, row_batch
 
+    def settings(self, sample_shape: Sequence[int]) -> dict[str, Any]:
+        """The settings a call on samples of ``sample_shape`` runs with: :meth:`get_params` with automatic
+        values (None) resolved and parameters that do not apply to this kind of input left out. What a report
+        shows; ``get_params`` stays the constructor's arguments, as in scikit-learn."""
+        return self.get_params()
+
     def memory_needed(self, inputs: torch.Tensor) -> int:
         """The smallest memory budget (bytes) a call on inputs shaped like ``inputs`` runs under: one sample's
         row in flight, the model's parameters and the input (one forward pass of one sample, cached)."""
@@ -383,7 +392,8 @@ class Explainer:
         return Explanation(method=self.name, attributions=attributions, inputs=inputs.detach().cpu(),
                            targets=targets.cpu(), config=self.get_params(), cost=meter.cost, family=self.family,
                            extras=extras,
-                           plan={"samples_per_chunk": per_chunk, "row_batch": row_batch})
+                           plan={"samples_per_chunk": per_chunk, "row_batch": row_batch},
+                           settings=self.settings(tuple(inputs.shape[1:])))
 
     def _resolve_targets(self, x: torch.Tensor, target: Any) -> torch.Tensor:
         n = len(x)

@@ -16,7 +16,7 @@ import functools
 import hashlib
 import importlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -123,12 +123,23 @@ def _blas_controller() -> ThreadpoolController:
 # ------------------------------------------------------------------------------------------- segments
 
 
-def grid_segments(height: int, width: int, cell: int | None) -> np.ndarray:
-    """Square superpixels of side ``cell`` (None: the smallest side giving at most 64 cells), H×W labels."""
+def grid_cell(height: int, width: int, cell: int | None) -> int:
+    """``cell``, or when None the smallest square side giving at most 64 cells."""
     if cell is None:
         cell = 1
         while math.ceil(height / cell) * math.ceil(width / cell) > MAX_GRID_SEGMENTS:
             cell += 1
+    return cell
+
+
+def time_window(steps: int, window: int | None) -> int:
+    """``window``, or when None the shortest window giving at most 40 windows."""
+    return math.ceil(steps / MAX_TIME_WINDOWS) if window is None else window
+
+
+def grid_segments(height: int, width: int, cell: int | None) -> np.ndarray:
+    """Square superpixels of side ``cell`` (None: the smallest side giving at most 64 cells), H×W labels."""
+    cell = grid_cell(height, width, cell)
     rows = np.arange(height)[:, None] // cell
     cols = np.arange(width)[None, :] // cell
     return rows * math.ceil(width / cell) + cols
@@ -157,8 +168,7 @@ def skimage_segments(image: np.ndarray, method: str, params: Mapping[str, Any], 
 
 def sequence_segments(steps: int, n_features: int, features: str, window: int | None) -> np.ndarray:
     """T×F labels: time windows across all features, whole features, or windows of single features."""
-    if window is None:
-        window = math.ceil(steps / MAX_TIME_WINDOWS)
+    window = time_window(steps, window)
     t = np.arange(steps)[:, None] // window
     f = np.arange(n_features)[None, :]
     if features == "time":
@@ -249,6 +259,26 @@ class Lime(Explainer):
                 "segmentation": self.segmentation, "features": self.features, "segment_size": self.segment_size,
                 "segmentation_params": dict(self.segmentation_params),
                 "feature_selection": self.feature_selection, "num_features": self.num_features}
+
+    def settings(self, sample_shape: Sequence[int]) -> dict[str, Any]:
+        params = self.get_params()
+        shape = tuple(int(d) for d in sample_shape)
+        if input_kind(shape) == "image":
+            del params["features"]
+            if self.segmentation == "grid":
+                params["segment_size"] = grid_cell(shape[1], shape[2], self.segment_size)
+                del params["segmentation_params"]
+            else:
+                del params["segment_size"]
+        else:
+            del params["segmentation"], params["segmentation_params"]
+            if self.features == "feature":
+                del params["segment_size"]
+            else:
+                params["segment_size"] = time_window(shape[0], self.segment_size)
+        if params.get("num_features") is None:
+            params["num_features"] = "all"
+        return params
 
     def _prepare(self, sample: torch.Tensor) -> None:
         _blas_controller()  # threadpoolctl inspects the loaded BLAS libraries once

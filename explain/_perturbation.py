@@ -54,6 +54,13 @@ class Occlusion(Explainer):
     def get_params(self) -> dict[str, Any]:
         return {"window": self.window, "stride": self.stride, "baseline": self.baseline}
 
+    def settings(self, sample_shape: Sequence[int]) -> dict[str, Any]:
+        window, strides = self.geometry(sample_shape)
+        # the channel (image) or feature (sequence) dimension always spans the whole sample
+        spatial = slice(1, None) if input_kind(tuple(sample_shape)) == "image" else slice(0, 1)
+        return {"window": "×".join(map(str, window[spatial])), "stride": "×".join(map(str, strides[spatial])),
+                "baseline": self.baseline}
+
     def geometry(self, sample_shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Sliding window shape and strides for one sample of ``sample_shape`` (captum's arguments)."""
         shape = tuple(int(s) for s in sample_shape)

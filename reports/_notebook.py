@@ -48,7 +48,7 @@ def explanation_vars(exp: Explanation, *, max_shown: int = MAX_SHOWN) -> dict[st
     # signedness is read from the values, as in the report: methods do not declare it
     signed = bool((attributions < 0).any())
     return {"method": exp.method, "family": exp.family, "n_samples": len(exp), "n_shown": shown,
-            "sample_shape": list(exp.inputs.shape[1:]), "config": json_safe(dict(exp.config)),
+            "sample_shape": list(exp.inputs.shape[1:]), "config": json_safe(dict(exp.settings or exp.config)),
             "cost": exp.cost.per_sample(), "signed": signed, "layout": _figures.sample_layout(inputs.shape[1:]),
             "gallery_uri": _figures.sample_grid(inputs, attributions, _titles(targets), signed=signed)}
 

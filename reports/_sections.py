@@ -145,7 +145,10 @@ def _method_entry(result: MethodResult) -> dict[str, Any]:
     exp = result.explanation
     return {"name": result.name, "family": result.family, "paper": result.paper, "supported": result.supported,
             "reason": result.reason, "capabilities": dict(result.capabilities),
-            "config": None if exp is None else dict(exp.config), "quality": dict(result.quality)}
+            "config": None if exp is None else dict(exp.config),
+            # what the call ran with on these inputs (automatic values resolved, inapplicable ones left out)
+            "settings": None if exp is None else dict(exp.settings),
+            "quality": dict(result.quality)}
 
 
 def _memory_note(sources: set[str]) -> str:

@@ -6,6 +6,7 @@ listed here. Known exceptions live in :data:`KNOWN_EXCEPTIONS`, one reason each.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -395,3 +396,26 @@ def test_predict_cost_separates_per_call_overhead_from_per_sample_cost(monkeypat
     # three chunks (4 + 4 + 2): 3 × 1 s + 10 × 0.1 s; one probe's time per sample would say 3.5 s
     assert predicted.wall_s == pytest.approx(4.0)
     assert "" not in available_methods()
+
+
+@pytest.mark.parametrize("method", available_methods())
+@pytest.mark.parametrize("kind", ["cnn2d", "gru"])
+def test_an_explanation_records_the_settings_it_ran_with(method: str, kind: str) -> None:
+    model, x, explainer = supported(method, kind)
+    exp = explainer.explain(x, 0)
+    assert exp.settings == explainer.settings(tuple(x.shape[1:]))
+    if method in ("lime", "occlusion"):  # their automatic values are resolved for the input size
+        assert None not in exp.settings.values()
+    assert json.dumps(exp.to_dict()["settings"], default=str)
+
+
+def test_settings_resolve_automatic_values_and_drop_what_does_not_apply() -> None:
+    image = get_explainer("lime")(nn.Identity()).settings((1, 8, 8))
+    assert "features" not in image and image["segment_size"] == 1 and image["num_features"] == "all"
+    sequence = get_explainer("lime")(nn.Identity()).settings((80, 3))
+    assert "segmentation" not in sequence and sequence["segment_size"] == 2  # at most 40 windows
+    assert "segment_size" not in get_explainer("lime")(nn.Identity(), features="feature").settings((80, 3))
+    occlusion = get_explainer("occlusion")(nn.Identity()).settings((1, 8, 8))
+    assert occlusion == {"window": "2×2", "stride": "1×1", "baseline": 0.0}
+    assert get_explainer("occlusion")(nn.Identity(), window=4).settings((40, 3))["window"] == "4"
+    assert get_explainer("saliency")(nn.Identity()).settings((1, 8, 8)) == {"abs": True}

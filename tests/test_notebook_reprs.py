@@ -64,7 +64,8 @@ def test_explanation_card_shows_method_cost_and_gallery(image_explanation):
 
 
 def test_explanation_card_escapes_user_strings(image_explanation):
-    exp = dataclasses.replace(image_explanation, method=EVIL, config={"label": "<img src=x onerror=alert(1)>"})
+    evil = {"label": "<img src=x onerror=alert(1)>"}
+    exp = dataclasses.replace(image_explanation, method=EVIL, config=evil, settings=evil)
     html = exp._repr_html_()
     assert "<script>alert" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
