@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -389,6 +390,7 @@ class Explainer:
                             extras[key] = torch.empty((len(inputs), *value.shape[1:]), dtype=value.dtype)
                         extras[key][sl] = value.detach()
         assert meter.cost is not None
+        _check_finite(self.name, attributions)
         return Explanation(method=self.name, attributions=attributions, inputs=inputs.detach().cpu(),
                            targets=targets.cpu(), config=self.get_params(), cost=meter.cost, family=self.family,
                            extras=extras,
@@ -420,6 +422,19 @@ class Explainer:
             raise XauditError(f"target {int(bad[0])} is out of range: the model has {n_classes} classes "
                               f"(0..{n_classes - 1})")
         return t
+
+
+def _check_finite(method: str, attributions: torch.Tensor) -> None:
+    """A one-line error naming the samples whose attributions are NaN or Inf (a sum first: the elementwise check
+    only runs when the sum is not finite)."""
+    if math.isfinite(float(attributions.sum())):
+        return
+    bad = ~torch.isfinite(attributions.flatten(1)).all(1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        raise XauditError(f"{method} gave NaN/Inf attributions for {len(rows)} of {len(attributions)} samples "
+                          f"(first: #{rows[0]}): the model's output or its gradient is not finite there (a log, "
+                          "sqrt or division at 0?); check those inputs and the model's forward")
 
 
 def _attribution_dtype(input_dtype: torch.dtype) -> torch.dtype:

@@ -419,3 +419,26 @@ def test_settings_resolve_automatic_values_and_drop_what_does_not_apply() -> Non
     assert occlusion == {"window": "2×2", "stride": "1×1", "baseline": 0.0}
     assert get_explainer("occlusion")(nn.Identity(), window=4).settings((40, 3))["window"] == "4"
     assert get_explainer("saliency")(nn.Identity()).settings((1, 8, 8)) == {"abs": True}
+
+
+class _SqrtNet(nn.Module):
+    """sqrt(|x|) first: finite outputs everywhere, an infinite gradient wherever an input is exactly 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1).abs().sqrt())
+
+
+def test_non_finite_attributions_are_a_one_line_error_naming_the_samples() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 8, 8) + 0.1
+    x[2, 0, 3, 3] = 0.0
+    with pytest.raises(XauditError, match=r"saliency gave NaN/Inf attributions for 1 of 4 samples \(first: #2\)") \
+            as err:
+        explain(_SqrtNet(), x, method="saliency")
+    assert "\n" not in str(err.value)
+    x[2, 0, 3, 3] = 0.5
+    assert torch.isfinite(explain(_SqrtNet(), x, method="saliency").attributions).all()
