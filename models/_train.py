@@ -134,6 +134,16 @@ class TrainResult:
     fit_time_s: float
 
 
+def classification_loss(model: nn.Module, outputs: torch.Tensor, y: torch.Tensor, *,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of ``model``'s outputs against labels ``y``: on the logits, or, for a model that returns
+    probabilities (ends in ``nn.Softmax``), the negative log of the label's probability. Cross-entropy on
+    probabilities would apply a second softmax, whose gradient all but vanishes as the model grows confident."""
+    if note_outputs(model, outputs) == PROBABILITIES:
+        return nn.functional.nll_loss(torch.log(outputs.clamp_min(1e-12)), y, reduction=reduction)
+    return nn.functional.cross_entropy(outputs, y, reduction=reduction)
+
+
 def train_model(
     model: str | nn.Module,
     dataset: Dataset,
@@ -191,7 +201,6 @@ def _fit(
         steps = config.epochs * math.ceil(len(x_fit) / config.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     penalized = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2] if config.l1 > 0 else []
-    loss_fn = nn.CrossEntropyLoss()
 
     history: list[EpochRecord] = []
     best_loss, best_epoch, best_state, stale = math.inf, config.epochs, None, 0
@@ -202,7 +211,7 @@ def _fit(
             xb, yb = x_fit[batch], y_fit[batch]
             for aug in augmentations:
                 xb = aug(xb, config.augment_strength, generator)
-            loss = loss_fn(model(xb), yb)
+            loss = classification_loss(model, model(xb), yb)
             if penalized:
                 loss = loss + config.l1 * sum(p.abs().sum() for p in penalized)
             optimizer.zero_grad(set_to_none=True)
@@ -297,11 +306,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     with _eval_mode(model) as device:
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
             logits, yb = model(xb.to(device)), yb.to(device)
-            if note_outputs(model, logits) == PROBABILITIES:
-                log_p = torch.log(logits.clamp_min(1e-12))
-                total_loss += float(nn.functional.nll_loss(log_p, yb, reduction="sum"))
-            else:
-                total_loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            total_loss += float(classification_loss(model, logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
     return total_loss / len(x), correct / len(x)
 

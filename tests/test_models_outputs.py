@@ -4,6 +4,7 @@ NaN/Inf outputs, batch-of-one models, float64 models and data, and pickled whole
 from __future__ import annotations
 
 import gc
+import math
 import pickle
 import subprocess
 import sys
@@ -301,3 +302,21 @@ def test_cli_stderr_is_one_line_for_a_pickled_model(pickled_cnn, tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert_one_line_error(done.returncode, done.stderr, "--trust-pickle", "plain Python pickle")
     assert_no_report(out)
+
+
+def test_training_a_softmax_model_uses_the_log_of_its_probabilities():
+    # cross-entropy on probabilities is a second softmax: its loss is bounded near log(K) and learning stalls
+    from xaudit.models._train import classification_loss
+
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]])
+    y = torch.tensor([0, 1])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return probs
+
+    loss = classification_loss(Fixed(), probs, y)
+    assert float(loss) == pytest.approx(-(math.log(0.9) + math.log(0.8)) / 2, rel=1e-6)
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
+    assert float(classification_loss(user.make_logits(), logits, y)) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-6)
