@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from xaudit.explain import evaluate_quality, get_explainer, random_map_auc
+from xaudit.explain._frontier import deletion_faithfulness
 from xaudit.explain._quality_stats import relevance_map, spearman_rows
 from xaudit.models import Dataset
 from xaudit.models._errors import XauditError
@@ -47,8 +48,16 @@ class DriftRow:
     test_accuracy: float
     reason: str | None = None
 
+    @property
+    def faithfulness(self) -> float | None:
+        """Gain over this model's own random map (``1 − deletion AUC / random AUC``): comparable across the
+        sweep's models, whose confidence, and so whose raw AUCs, differ."""
+        if self.deletion_auc is None or self.random_deletion_auc is None:
+            return None
+        return deletion_faithfulness(self.deletion_auc, self.random_deletion_auc)
+
     def to_json(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {**vars(self), "faithfulness": self.faithfulness}
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,10 @@ class ExplanationDrift:
         far = min(rows, key=lambda r: r.rank_correlation)  # type: ignore[arg-type, return-value]
         text = (f"{method}: maps move furthest at {far.label} (rank correlation {far.rank_correlation:.2f} with "
                 f"the reference point's maps)")
-        if far.deletion_auc is not None and ref.deletion_auc is not None:
+        if far.faithfulness is not None and ref.faithfulness is not None:
+            text += (f"; faithfulness {ref.faithfulness:.2f} → {far.faithfulness:.2f} (gain over each model's random "
+                     "map by deletion)")
+        elif far.deletion_auc is not None and ref.deletion_auc is not None:
             text += f"; deletion AUC {ref.deletion_auc:.3f} → {far.deletion_auc:.3f} (lower = more faithful)"
         return text
 
@@ -83,6 +95,7 @@ class ExplanationDrift:
                 "targets": "true class", "rank_correlation": "Spearman of |attribution| per input, mean over inputs",
                 "deletion_auc": ("xaudit.explain deletion_auc (Petsiuk et al. 2018), zero baseline; "
                                  "lower = more faithful"),
+                "faithfulness": "1 - deletion_auc / random_deletion_auc of the same model (0 = random map)",
                 "sanity": "xaudit.explain model_randomization (Adebayo et al. 2018), cascading",
                 "rows": [r.to_json() for r in self.rows],
                 "interpretation": {m: self.interpretation(m) for m in self.methods}}

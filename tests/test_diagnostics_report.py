@@ -50,6 +50,9 @@ def test_drift_against_the_unregularized_point(sweep) -> None:
     for row in drift.rows:
         assert row.deletion_auc is not None and 0 <= row.deletion_auc <= 1
         assert row.random_deletion_auc is not None and row.sanity_passed is None
+        # each model against its own random map: the sweep's models differ in confidence, so raw AUCs do not compare
+        assert row.faithfulness == pytest.approx(1 - row.deletion_auc / row.random_deletion_auc)
+        assert row.to_json()["faithfulness"] == row.faithfulness
         if row.point_index == 0:
             assert row.rank_correlation == pytest.approx(1.0)
         else:
@@ -58,6 +61,7 @@ def test_drift_against_the_unregularized_point(sweep) -> None:
     again = explanation_drift(sweep, methods=["saliency"], n_samples=6, sanity=False)
     assert [r.rank_correlation for r in again.rows] == [r.rank_correlation for r in drift.rows_for("saliency")]
     assert json.dumps(drift.to_json(), allow_nan=False)
+    assert "faithfulness" in drift.interpretation("saliency")
     with pytest.raises(XauditError, match="out of range"):
         explanation_drift(sweep, reference=9)
     with pytest.raises(XauditError, match="not the one the sweep ran on"):
