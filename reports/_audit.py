@@ -168,6 +168,10 @@ def audit(report: Report | Mapping[str, Any], policy: PolicyLike = None) -> Audi
     content = report.json if hasattr(report, "json") and not isinstance(report, Mapping) else report
     if not isinstance(content, Mapping):
         raise XauditError(f"audit() needs a Report or report.json's content as a dict, got {type(report).__name__}")
+    if any("faithfulness" in check.value for check in policy.checks) and _old_faithfulness_scale(content):
+        raise XauditError("this report.json gives faithfulness on the scale before xaudit measured it against a "
+                          "random map (1 - deletion AUC), which the policy's faithfulness checks would misread: "
+                          "build the report again with this xaudit")
     checks: list[AuditCheck] = []
     for check in policy.checks:
         checks += _evaluate(check, content)
@@ -180,6 +184,16 @@ def audit(report: Report | Mapping[str, Any], policy: PolicyLike = None) -> Audi
 
 #: report.json paths whose values are timings.
 _TIMING = re.compile(r"(wall|cpu)_s|seconds|_ms\b")
+
+
+def _old_faithfulness_scale(report: Mapping[str, Any]) -> bool:
+    """Whether report.json's recommendations give faithfulness without the random map it is measured against
+    (reports written before faithfulness became 1 - deletion AUC / the random map's)."""
+    recommendations = report.get("recommendations")
+    if not isinstance(recommendations, list):
+        return False
+    return any(isinstance(r, Mapping) and r.get("faithfulness") is not None and "random_deletion_auc" not in r
+               for r in recommendations)
 
 
 def _busy_note(report: Mapping[str, Any]) -> str:

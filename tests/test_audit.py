@@ -331,7 +331,8 @@ def test_a_null_value_cites_the_reason_its_entry_gives() -> None:
     report = _report()
     why = "The randomization check was not run, so no method is recommended under 1 ms/sample: use --quality full."
     report["recommendations"] = [{"budget": "1 ms/sample", "method": None, "faithfulness": None, "reason": why},
-                                 {"budget": "1 s/sample", "method": "saliency", "faithfulness": 0.4, "reason": "ok"}]
+                                 {"budget": "1 s/sample", "method": "saliency", "faithfulness": 0.4, "reason": "ok",
+                                  "random_deletion_auc": 0.5}]
     first, second = audit(report, _policy(_check("recommendations[*].faithfulness", "min", "0.3"))).checks
     assert first.status == "failed" and "not measured" in first.note and "randomization check was not run" in first.note
     assert second.status == "passed"
@@ -347,3 +348,15 @@ def test_timing_checks_say_when_the_machine_was_busy() -> None:
     assert "busy" not in accuracy.note
     report["measurement"]["machine"]["contention"]["busy"] = False
     assert "busy" not in audit(report, policy).checks[0].note
+
+
+def test_a_report_with_faithfulness_on_the_old_scale_is_refused_for_faithfulness_checks() -> None:
+    report = _report()
+    report["recommendations"] = [{"budget": "1 s/sample", "method": "saliency", "faithfulness": 0.65}]  # 1 - AUC
+    policy = _policy(_check("recommendations[*].faithfulness", "min", "0.3"))
+    with pytest.raises(XauditError, match="scale before xaudit measured it against a random map") as err:
+        audit(report, policy)
+    assert "\n" not in str(err.value)
+    assert audit(report, _policy(_check("metrics.test_accuracy", "min", "0.5"))).passed  # other checks still run
+    report["recommendations"][0]["random_deletion_auc"] = 0.5
+    assert audit(report, policy).passed
