@@ -12,6 +12,7 @@ import contextlib
 import functools
 import inspect
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -339,7 +340,10 @@ class Explainer:
         inputs = _as_batch(inputs)
         reason = self.unsupported_reason(tuple(inputs.shape[1:]))
         if reason:
-            raise XauditError(f"{reason}: choose another method (xaudit explain --help lists them)")
+            # a rule's refusal names its own fix ("choose a gradient method", "use a separate nn.ReLU()")
+            says_fix = re.search(r": (choose|use|make|pass) ", reason) is not None
+            raise XauditError(reason if says_fix else f"{reason}: choose another method (xaudit explain --help "
+                                                        "lists them)")
         return inputs
 
     def explain(self, inputs: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None, *,

@@ -12,7 +12,6 @@ returns only the explained target's logit, one sample at a time, so it explains 
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer
 from ._compat import cached_hook_safe_copy, hook_safe_copy, library
-from ._model_call import manual_seed, rng_devices, target_gradient
+from ._model_call import manual_seed, rng_devices, target_gradient, zero_sample
 from ._rescale import SHAP_RESCALE_MODULES, rescale_ready, rescale_rule
 
 #: The activation modules shap's DeepExplainer has a DeepLIFT rule for (``deep_pytorch.op_handler``); any
@@ -105,14 +104,6 @@ class _TargetLogit(nn.Module):
 def _counted(model: nn.Module, copy: nn.Module) -> nn.Module:
     """``copy`` counted by the same counter as the wrapper the base class handed to ``_attribute``."""
     return CountingModel(copy, model.counter) if isinstance(model, CountingModel) else copy
-
-
-def _probe(model: nn.Module, sample_shape: Sequence[int]) -> torch.Tensor:
-    """One zero sample on the model's device, in its floating dtype (a float64 model takes no float32 input)."""
-    floating = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
-    if floating is None:
-        return torch.zeros(1, *sample_shape)
-    return torch.zeros(1, *sample_shape, device=floating.device, dtype=floating.dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -251,7 +242,7 @@ class ShapDeep(ShapExplainer):
         reason = super().unsupported_reason(sample_shape)
         if reason is None:
             try:
-                self._safe_copy(_probe(self.model, sample_shape))
+                self._safe_copy(zero_sample(self.model, sample_shape))
             except XauditError as err:
                 return str(err)
         return reason

@@ -6,8 +6,9 @@ Rules the evaluation follows (so CI never passes by accident):
   metric that does not apply to the method) fails its check with a "not measured" note;
 * a method the policy names that this report did not run fails its check ("not run"): a policy that names
   a method requires it, so dropping it from ``--methods`` cannot turn a failing gate green;
-* a method that ran but cannot explain this model (``supported: false``) is skipped with its reason, as is
-  every other list entry with ``supported: false``; skipped checks do not fail the audit;
+* a method that cannot explain this kind of model (``supported: false``) is skipped with its reason, as is
+  every other list entry with ``supported: false``; skipped checks do not fail the audit; a method that
+  could but failed on this model (``failed: true``: NaN attributions, say) fails its checks;
 * an audit in which no check could be evaluated fails;
 * a path that names nothing in report.json (a typo), a number check on a non-number, or a method name that
   is not registered is a mistake in the policy: an :class:`XauditError` (``xaudit: error: ...``, exit 2).
@@ -353,6 +354,9 @@ def _enter(entry: Any, steps: Sequence[Step], where: str, labels: tuple[str, ...
            out: list[_Target]) -> None:
     if isinstance(entry, Mapping) and entry.get("supported") is False:
         reason = entry.get("reason") or "not supported"
+        if entry.get("failed"):  # the method can explain such a model but failed on this one: nothing to skip
+            out.append(_Target(where, labels, missing=f"{_entry_name(entry) or where} failed on this model: {reason}"))
+            return
         out.append(_Target(where, labels, skipped=f"{_entry_name(entry) or where} cannot run here: {reason}"))
         return
     _walk(entry, steps, where, labels, check, out)

@@ -48,6 +48,9 @@ class MethodResult:
     capabilities: dict[str, bool]
     explanation: Explanation | None = None
     reason: str | None = None
+    #: True when the method supports this kind of model but failed on it (``reason`` says how): the audit
+    #: fails such a method's checks instead of skipping them.
+    failed: bool = False
     fit_wall_s: float | None = None
     quality: dict[str, Any] = field(default_factory=dict)
     explainer: Explainer | None = field(default=None, repr=False)
@@ -218,7 +221,7 @@ def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ba
             # one method failing on this model should not cost the user every other method's result; the
             # reason goes in the report instead (the memory budget was checked above, for every method)
             say(f"method {i}/{len(names)} {name}: failed: {exc}")
-            results.append(MethodResult(**base, reason=str(exc)))
+            results.append(MethodResult(**base, reason=str(exc), failed=True))
             continue
         per = exp.cost.per_sample()
         say(f"method {i}/{len(names)} {name}: {exp.cost.wall_s:.2f} s "

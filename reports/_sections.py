@@ -144,7 +144,7 @@ def _method_entry(result: MethodResult) -> dict[str, Any]:
     """A method's report.json entry without its cost (:class:`CostSection` adds that)."""
     exp = result.explanation
     return {"name": result.name, "family": result.family, "paper": result.paper, "supported": result.supported,
-            "reason": result.reason, "capabilities": dict(result.capabilities),
+            "reason": result.reason, "failed": result.failed, "capabilities": dict(result.capabilities),
             "config": None if exp is None else dict(exp.config),
             # what the call ran with on these inputs (automatic values resolved, inapplicable ones left out)
             "settings": None if exp is None else dict(exp.settings),

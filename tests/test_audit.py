@@ -360,3 +360,45 @@ def test_a_report_with_faithfulness_on_the_old_scale_is_refused_for_faithfulness
     assert audit(report, _policy(_check("metrics.test_accuracy", "min", "0.5"))).passed  # other checks still run
     report["recommendations"][0]["random_deletion_auc"] = 0.5
     assert audit(report, policy).passed
+
+
+def test_a_method_that_failed_on_the_model_fails_its_checks_instead_of_being_skipped() -> None:
+    # unsupported (a capability) is skipped; supported but failed at run time (NaN attributions, say) is not
+    report = _report()
+    report["methods"].append({"name": "lime", "supported": False, "failed": True, "cost": None, "quality": {},
+                              "reason": "lime gave NaN/Inf attributions for 2 of 32 samples (first: #3): ..."})
+    checks = audit(report, _policy(_check("methods[*].cost.wall_s_per_sample", "max", "1"))).checks
+    by_name = {c.name.split("[")[-1].rstrip("]"): c for c in checks}
+    assert by_name["gradcam"].status == "skipped"
+    assert by_name["lime"].status == "failed" and "lime failed on this model: lime gave NaN/Inf" in by_name["lime"].note
+    assert not audit(report, _policy(_check("methods[*].cost.wall_s_per_sample", "max", "1"))).passed
+
+
+def test_a_report_marks_a_method_that_failed_at_run_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    from xaudit.models import Dataset
+    from xaudit.reports import build_report
+
+    class SqrtNet(nn.Module):  # finite outputs, an infinite gradient at every input that is exactly 0
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(64, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x.flatten(1).abs().sqrt())
+
+    monkeypatch.setenv("XAUDIT_CACHE_DIR", str(tmp_path / "cache"))
+    g = torch.Generator().manual_seed(0)
+    x_test = torch.rand(4, 1, 8, 8, generator=g) + 0.1
+    x_test[:, 0, 0, 0] = 0.0
+    data = Dataset(name="tiny", kind="image", x_train=torch.rand(12, 1, 8, 8, generator=g) + 0.1,
+                   y_train=torch.arange(12) % 3, x_test=x_test, y_test=torch.arange(4) % 3, class_names=("a", "b", "c"))
+    torch.manual_seed(0)
+    report = build_report(SqrtNet(), data, methods=["saliency", "occlusion"], n_explain=2, quality="none")
+    saliency, occlusion = report.json["methods"]
+    assert saliency["failed"] is True and saliency["supported"] is False and "NaN/Inf" in saliency["reason"]
+    assert occlusion["failed"] is False and occlusion["cost"] is not None
+    result = audit(report, _policy(_check("methods[*].cost.wall_s_per_sample", "max", "10")))
+    assert [c.status for c in result.checks] == ["failed", "passed"] and not result.passed

@@ -220,3 +220,13 @@ def test_guided_backprop_equals_captums() -> None:
         theirs = CaptumGuidedBackprop(model).attribute(x.clone().requires_grad_(True), target=targets)
     torch.testing.assert_close(ours, theirs.detach(), rtol=1e-6, atol=1e-7)
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+
+
+def test_rule_refusals_are_capability_reasons_said_before_running() -> None:
+    # so a report lists them as unsupported (skipped by the audit), not as a method that failed on the model
+    gelu = net(nn.GELU(), nn.ReLU())
+    reason = get_explainer("deeplift")(gelu).unsupported_reason((4, 3))
+    assert reason is not None and "no rule for the GELU activation" in reason
+    functional = get_explainer("guided_backprop")(FunctionalRelu().eval()).unsupported_reason((4, 3))
+    assert functional is not None and "calls relu() as a function" in functional
+    assert get_explainer("deeplift")(net(nn.ReLU(), nn.ReLU())).unsupported_reason((4, 3)) is None
