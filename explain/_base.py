@@ -188,6 +188,11 @@ class Explainer:
         if self.uses_module_hooks and isinstance(self.model, torch.jit.ScriptModule):
             return (f"{self.name} needs module hooks, which TorchScript models do not allow; "
                     "pass the nn.Module itself (e.g. as a module:callable factory with --state-dict)")
+        return self._rule_refusal(tuple(sample_shape))
+
+    def _rule_refusal(self, sample_shape: tuple[int, ...]) -> str | None:
+        """Why the method's rule refuses this model (an activation it has no case for, say), or None. Methods
+        that run on a hook-safe copy check it here, so the refusal is said before running, as a capability."""
         return None
 
     def fit(self, background: torch.Tensor) -> Explainer:

@@ -19,7 +19,7 @@ import types
 import warnings
 import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +207,20 @@ def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
             raise XauditError(f"{method} applies its rule through activation modules, but {where} calls "
                               f"{func}() as a function: use an activation module there (e.g. nn.ReLU())")
     return safe
+
+
+def copy_refusal(make_copy: Callable[[torch.Tensor], nn.Module], model: nn.Module,
+                 sample_shape: Sequence[int]) -> str | None:
+    """The one-line reason ``make_copy`` (a method's cached hook-safe copy) refuses ``model``, or None: an
+    activation the rule has no case for, a functional nonlinearity, a module called twice where hooks keep one."""
+    floating = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
+    sample = (torch.zeros(1, *sample_shape) if floating is None
+              else torch.zeros(1, *sample_shape, device=floating.device, dtype=floating.dtype))
+    try:
+        make_copy(sample)
+    except XauditError as err:
+        return str(err)
+    return None
 
 
 # Hook-safe copies per model: (the model's structure when copied, rule settings) -> copy. Deep-copying and

@@ -18,8 +18,8 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer, _call_with_shape, get_explainer
-from ._compat import ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, cached_hook_safe_copy, library
-from ._model_call import target_gradient, zero_sample
+from ._compat import ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, cached_hook_safe_copy, copy_refusal, library
+from ._model_call import target_gradient
 from ._rescale import RESCALE_MODULES, rescale_ready, rescale_rule
 
 #: The activation modules captum's DeepLift has a rescale rule for (``captum.attr._core.deep_lift.
@@ -214,16 +214,8 @@ class _HookRuleExplainer(Explainer):
         """Whether the rule keeps a call's input and output on the module (``rule_keeps_state``)."""
         return self.rule_keeps_state
 
-    def unsupported_reason(self, sample_shape: Sequence[int]) -> str | None:
-        reason = super().unsupported_reason(sample_shape)
-        if reason is None:
-            # the rule's own refusals (an activation it has no case for, a functional nonlinearity, a module
-            # called twice where hooks keep one call) are properties of the model: said before running
-            try:
-                self._safe_copy(zero_sample(self.model, sample_shape))
-            except XauditError as err:
-                return str(err)
-        return reason
+    def _rule_refusal(self, sample_shape: tuple[int, ...]) -> str | None:
+        return copy_refusal(self._safe_copy, self.model, sample_shape)
 
     def _safe_copy(self, sample: torch.Tensor) -> nn.Module:
         return cached_hook_safe_copy(self.model, sample, self.name, rule_modules=self.rule_modules,

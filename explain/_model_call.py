@@ -4,7 +4,6 @@ counter, seeding, and the device helpers. Split from ``_base`` (the contract); `
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import weakref
 from collections.abc import Iterator, Sequence
@@ -163,14 +162,6 @@ def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
                               "scores per input (N × classes) from forward, whatever the batch size")
         per_model[key] = int(out.shape[-1])
     return per_model[key]
-
-
-def zero_sample(model: nn.Module, sample_shape: Sequence[int]) -> torch.Tensor:
-    """One zero sample on the model's device, in its floating dtype (a float64 model takes no float32 input)."""
-    floating = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
-    if floating is None:
-        return torch.zeros(1, *sample_shape)
-    return torch.zeros(1, *sample_shape, device=floating.device, dtype=floating.dtype)
 
 
 def _synchronize(device: torch.device) -> None:

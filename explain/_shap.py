@@ -22,8 +22,8 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer
-from ._compat import cached_hook_safe_copy, hook_safe_copy, library
-from ._model_call import manual_seed, rng_devices, target_gradient, zero_sample
+from ._compat import cached_hook_safe_copy, copy_refusal, hook_safe_copy, library
+from ._model_call import manual_seed, rng_devices, target_gradient
 from ._rescale import SHAP_RESCALE_MODULES, rescale_ready, rescale_rule
 
 #: The activation modules shap's DeepExplainer has a DeepLIFT rule for (``deep_pytorch.op_handler``); any
@@ -238,14 +238,8 @@ class ShapDeep(ShapExplainer):
     # temporaries: measured 2.4-3.0× the row estimate on the 32×32 digits CNN, against 1.3-1.7× for a gradient
     memory_factor = 1.8
 
-    def unsupported_reason(self, sample_shape: Sequence[int]) -> str | None:
-        reason = super().unsupported_reason(sample_shape)
-        if reason is None:
-            try:
-                self._safe_copy(zero_sample(self.model, sample_shape))
-            except XauditError as err:
-                return str(err)
-        return reason
+    def _rule_refusal(self, sample_shape: tuple[int, ...]) -> str | None:
+        return copy_refusal(self._safe_copy, self.model, sample_shape)
 
     def _native(self) -> bool:
         return rescale_ready(self.model, SHAP_RESCALE_MODULES)
