@@ -163,8 +163,12 @@ class IntegratedGradients(_CaptumMethod, Explainer):
         return self.n_steps
 
     def expected_evals(self) -> tuple[float, float]:
-        # n_steps interpolated rows forward and backward, plus f(x) and f(baseline) for the delta
-        return float(self.n_steps + 2), float(self.n_steps)
+        # n_steps interpolated rows forward and backward, plus f(x) for the delta
+        return float(self.n_steps + 1), float(self.n_steps)
+
+    def evals_per_call(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
+        # f(baseline) for the delta: one row per call, since the baseline is the same constant for every sample
+        return 1.0, 0.0
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -173,12 +177,27 @@ class IntegratedGradients(_CaptumMethod, Explainer):
         ig = _with_summed_gradients(_ig_once_nodes()(model))
         steps_per_call = max(1, ctx.row_batch // len(inputs))
         if steps_per_call >= self.n_steps:  # the planner sizes chunks so: one pass over all steps
-            attr, delta = ig.attribute(inputs, baselines=self.baseline, target=targets, n_steps=self.n_steps,
-                                       method=self.method, return_convergence_delta=True)
+            attr = ig.attribute(inputs, baselines=self.baseline, target=targets, n_steps=self.n_steps,
+                                method=self.method)
         else:
             attr = ig.attribute_in_steps(inputs, self.baseline, targets, self.n_steps, self.method, steps_per_call)
-            delta = ig.compute_convergence_delta(attr, self.baseline, inputs, target=targets)
-        return attr, {"convergence_delta": delta}
+        return attr, {"convergence_delta": self._delta(model, attr, inputs, targets, ctx)}
+
+    def _delta(self, model: nn.Module, attr: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
+               ctx: CallContext) -> torch.Tensor:
+        """captum's convergence delta, sum(attributions) - (f(x) - f(baseline)) per sample, with f(baseline)
+        evaluated once per call on one row instead of once per sample and per chunk (captum's
+        ``compute_convergence_delta`` runs two forwards of the chunk's size: 13% of a 64-sample call on the
+        8×8 digits CNN, chunked by 10 samples)."""
+        key = (self.name, self.baseline, tuple(inputs.shape[1:]), inputs.dtype)
+        with torch.no_grad():
+            if key not in ctx.memo:
+                ctx.memo[key] = model(torch.full((1, *inputs.shape[1:]), self.baseline, dtype=inputs.dtype,
+                                                 device=inputs.device))[0]
+            f_base = ctx.memo[key]
+            rows = torch.arange(len(inputs), device=inputs.device)
+            f_x = model(inputs)[rows, targets]
+        return attr.detach().flatten(1).sum(1) - (f_x - f_base[targets])
 
 
 class InputXGradient(_CaptumMethod, Explainer):

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 from captum.attr import DeepLift as CaptumDeepLift
+from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from torch import nn
 
 from xaudit.explain import explain, flop_profile, get_explainer, lstm_forward_flops, model_guard
@@ -73,7 +74,7 @@ def test_smoothgrad_passes_parameters_to_its_base_and_counts_its_evaluations() -
     exp = explain(model, rand(2, 1, 8, 8), method="smoothgrad", base="integrated_gradients", n_steps=4,
                   n_samples=5, memory_budget="256KiB")
     assert exp.config["base_params"]["n_steps"] == 4
-    assert exp.cost.forward_evals == 2 * 5 * (4 + 2) and exp.cost.backward_evals == 2 * 5 * 4
+    assert exp.cost.forward_evals == 2 * 5 * (4 + 1) + 1 and exp.cost.backward_evals == 2 * 5 * 4
 
 
 def test_integrated_gradients_completeness() -> None:
@@ -85,6 +86,27 @@ def test_integrated_gradients_completeness() -> None:
     torch.testing.assert_close(exp.attributions.sum((1, 2, 3)), gap, atol=1e-4, rtol=1e-4)
     assert exp.extras["convergence_delta"].abs().max() < 1e-4
     assert gap.abs().min() > 1e-2, "the oracle needs a non-trivial gap"
+
+
+@pytest.mark.parametrize(("n_steps", "budget", "split"), [
+    (3, None, "one chunk"), (3, "160KiB", "chunks of 5 samples"), (12, "120KiB", "steps in slices of 11")])
+def test_integrated_gradients_equals_captums_attributions_and_delta_with_one_baseline_row_per_call(
+        n_steps: int, budget: str | None, split: str) -> None:
+    # few steps, so the delta is far from 0 and a wrong f(x) or f(baseline) would show
+    model = seeded_init(relu_cnn)
+    x = rand(6, 1, 8, 8)
+    exp = explain(model, x, method="integrated_gradients", target=2, n_steps=n_steps, baseline=0.25,
+                  memory_budget=budget)
+    attr, delta = CaptumIntegratedGradients(model).attribute(x, baselines=0.25, target=2, n_steps=n_steps,
+                                                             return_convergence_delta=True)
+    torch.testing.assert_close(exp.attributions, attr.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(exp.extras["convergence_delta"], delta.detach(), atol=1e-6, rtol=1e-5)
+    assert delta.abs().max() > 1e-4
+    assert {"one chunk": exp.plan["samples_per_chunk"] >= len(x),
+            "chunks of 5 samples": exp.plan["samples_per_chunk"] == 5,
+            "steps in slices of 11": exp.plan["row_batch"] == 11 and exp.plan["samples_per_chunk"] == 1}[split]
+    # the interpolated rows and f(x) per sample, f(baseline) once per call: not once per sample or chunk
+    assert exp.cost.forward_evals == 6 * (n_steps + 1) + 1 and exp.cost.backward_evals == 6 * n_steps
 
 
 @pytest.mark.parametrize("baseline", [0.0, 0.5])
