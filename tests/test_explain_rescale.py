@@ -244,3 +244,50 @@ def test_an_activation_applied_twice_pairs_each_call_with_the_references_same_ca
     torch.testing.assert_close(deep.attributions, _shap_deep(split, x, background, target), atol=1e-6, rtol=1e-5)
     assert deep.extras["additivity_error"].abs().max() < 1e-5
     assert reused.relu is reused.relu2 and reused.relu.inplace  # the user's model as it was
+
+
+def _relu_ties() -> tuple[nn.Module, torch.Tensor]:
+    """A ReLU CNN and inputs whose top half is 0: against a zero reference, Δx = 0 exactly at every unit whose
+    receptive field lies there, with units above 0 (relu' = 1) and below (relu' = 0) on both layers."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(256, 3)).eval()
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([0.2, -0.2, 0.1, -0.1]))
+        model[2].bias.copy_(torch.tensor([0.3, -0.3, 0.05, -0.05]))
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    x[:, :, :4] = 0.0
+    return model, x
+
+
+def test_relu_ties_take_the_local_derivative_on_both_sides_of_zero() -> None:
+    model, x = _relu_ties()
+    with torch.no_grad():  # the oracle's premise: exact ties, active and inactive, at both ReLUs
+        pre1 = model[0](x)
+        pre2 = model[2](model[1](pre1))
+        ref1 = model[0](torch.zeros(1, 1, 8, 8))
+        ref2 = model[2](model[1](ref1))
+    for pre, ref in ((pre1, ref1), (pre2, ref2)):
+        tie = pre == ref
+        assert (tie & (pre > 0)).any() and (tie & (pre <= 0)).any()
+    target = torch.tensor([0, 1, 2, 0, 1])
+    ours = explain(model, x, "deeplift", target=target).attributions
+    theirs = _captum(model, x, target)
+    assert theirs.abs().max() > 1e-3 and torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, theirs, atol=1e-7, rtol=1e-5)
+    background = torch.cat([torch.zeros(1, 1, 8, 8), x[:1]])  # the second makes Δx = 0 everywhere for x[0]
+    ours_deep = get_explainer("shap_deep")(model).fit(background).explain(x, target).attributions
+    torch.testing.assert_close(ours_deep, _shap_deep(model, x, background, target), atol=1e-7, rtol=1e-5)
+
+
+def test_a_difference_of_exactly_eps_is_rescaled_as_the_libraries_compare_it() -> None:
+    # Δx = float32(1e-6), shap's eps to the bit: shap tests |Δx| < eps, so it rescales (multiplier 1, not the
+    # derivative at the reference, relu'(0) = 0)
+    model = _near_tie()
+    eps = float(torch.tensor(1e-6, dtype=torch.float32))
+    x = torch.tensor([[[eps, 0.0]]])
+    background = torch.zeros(1, 1, 2)
+    theirs = _shap_deep(model, x, background, torch.tensor([0])).float()
+    assert theirs[0, 0, 0].item() == pytest.approx(2 * eps)
+    ours = get_explainer("shap_deep")(model).fit(background).explain(x, 0).attributions
+    torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
