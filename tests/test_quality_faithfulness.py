@@ -82,6 +82,36 @@ def test_unfaithful_map_scores_worse_than_random_and_random_is_about_half() -> N
     assert worst.value > 0.9 > random.value
 
 
+def test_a_flat_map_breaks_its_ties_independently_of_the_random_reference() -> None:
+    # a flat map's removal order is its random tie-breaking; drawn from the same numbers as the random map, it
+    # was exactly the random order reversed (per-input AUCs correlated at -1: the key pixel removed at step k
+    # by one was removed at step 24 - k by the other), so it scored as more (or less) faithful than random
+    model, x = OnePixel((0, *KEY)), _images(200)
+    targets = torch.zeros(len(x), dtype=torch.long)
+    flat = xe.DeletionAUC().compute(model, _explanation(x, torch.zeros_like(x)))
+    random = xe.random_map_auc(model, x, targets, draws=1)
+    r = torch.corrcoef(torch.tensor([flat.per_sample, random.per_sample]))[0, 1].item()
+    assert abs(r) < 0.25
+    # and on average the flat map is no better than random: its faithfulness is about 0
+    reference = xe.random_map_auc(model, x, targets)
+    assert 1 - flat.value / reference.value == pytest.approx(0.0, abs=0.08)
+
+
+def test_the_random_reference_averages_independent_draws_per_input() -> None:
+    model, x = OnePixel((0, *KEY)), _images(50)
+    targets = torch.zeros(len(x), dtype=torch.long)
+    one = [xe.random_map_auc(model, x, targets, draws=1, seed=s) for s in range(8)]
+    four = xe.random_map_auc(model, x, targets, draws=4)
+    assert len(four.per_sample) == len(x) and four.config["draws"] == 4
+    assert four.value == pytest.approx(sum(four.per_sample) / len(x), abs=1e-12)
+    # a draw is a random order per input: the seeds' values differ, and averaging shrinks the spread
+    assert len({round(o.value, 9) for o in one}) == len(one)
+    spread = torch.tensor([o.per_sample for o in one]).std(0).mean().item()
+    assert torch.tensor(four.per_sample).sub(torch.tensor(one[0].per_sample)).abs().mean().item() < 1.5 * spread
+    with pytest.raises(XauditError, match="draws must be a positive integer"):
+        xe.random_map_auc(model, x, targets, draws=0)
+
+
 def test_signed_ordering_removes_positive_evidence_first() -> None:
     model, x = OnePixel((0, *KEY)), _images()
     attr = torch.zeros_like(x)
