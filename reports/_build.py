@@ -80,6 +80,8 @@ class ReportContext:
     seed: int
     created_utc: str
     quality: dict[str, Any] = field(default_factory=dict)
+    #: The background data handed to the methods that need it: ``{"n", "source"}`` (see :func:`background_info`).
+    background: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -103,10 +105,30 @@ def select_samples(n_total: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=generator)[:n].sort().values
 
 
-def background_samples(dataset: Dataset, seed: int) -> torch.Tensor:
-    """Up to :data:`BACKGROUND_SIZE` seeded training inputs (test inputs when the data has no training split)."""
-    pool = dataset.x_train if dataset.n_train else dataset.x_test
+def background_samples(dataset: Dataset, seed: int, explained: torch.Tensor | None = None) -> torch.Tensor:
+    """Up to :data:`BACKGROUND_SIZE` seeded training inputs; when the data has no training split, test inputs
+    other than the ``explained`` ones (test indices). A sample in its own background pulls its SHAP values
+    towards 0: with one test sample every SHAP map was all zeros. May be empty (see :func:`no_background`)."""
+    if dataset.n_train:
+        pool = dataset.x_train
+    else:
+        keep = torch.ones(dataset.n_test, dtype=torch.bool)
+        if explained is not None:
+            keep[explained] = False
+        pool = dataset.x_test[keep]
     return pool[select_samples(len(pool), BACKGROUND_SIZE, seed + 1)]
+
+
+def background_info(dataset: Dataset, background: torch.Tensor) -> dict[str, Any]:
+    """What report.json says of the background data the SHAP methods were given."""
+    source = "train" if dataset.n_train else "test, the explained samples left out"
+    return {"n": len(background), "source": source}
+
+
+def no_background(name: str) -> str:
+    """The reason a method that needs background data has none."""
+    return (f"{name} needs background data and there is none: the data has no training split and every test "
+            "sample is explained; add x_train and y_train to the .npz, or explain fewer samples (--n-explain)")
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -205,6 +227,8 @@ def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ba
                 "capabilities": {"uses_gradients": cls.uses_gradients, "needs_background": cls.needs_background,
                                  "is_stochastic": cls.is_stochastic}}
         reason = explainer.unsupported_reason(tuple(x.shape[1:]))
+        if not reason and cls.needs_background and len(background) == 0:
+            reason = no_background(name)
         if reason:
             say(f"method {i}/{len(names)} {name}: skipped: {reason}")
             results.append(MethodResult(**base, reason=reason))
@@ -249,7 +273,7 @@ def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int 
     indices = select_samples(dataset.n_test, n_explain, seed)
     x = dataset.x_test[indices]
     targets = predict_classes(model, x)
-    background = background_samples(dataset, seed)
+    background = background_samples(dataset, seed, explained=indices)
     # the budget holds for the quality metrics' and sample curves' re-runs too, not only the explanations
     with explain_memory_budget(current_budget(memory_budget)), CpuContention() as contention:
         results = explain_methods(model, x, targets, background, methods, seed=seed,
@@ -263,7 +287,7 @@ def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int 
                          labels=dataset.y_test[indices], targets=targets, methods=results,
                          machine={**machine_info(device), "contention": contention.result}, seed=seed,
                          created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         quality=summary)
+                         quality=summary, background=background_info(dataset, background))
 
 
 def build_context(

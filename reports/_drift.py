@@ -27,7 +27,7 @@ from xaudit.models._errors import XauditError
 from xaudit.models._sweep import data_fingerprint, load_sweep_data, trained_model
 from xaudit.models._sweep_result import SweepResult
 
-from ._build import background_samples, resolve_methods, select_samples
+from ._build import background_samples, no_background, resolve_methods, select_samples
 
 Progress = Callable[[str], None]
 
@@ -135,7 +135,7 @@ def explanation_drift(
         raise XauditError(f"reference point {ref} is out of range: the sweep has {len(result.points)} points")
     indices = select_samples(data.n_test, n_samples, seed)
     x, labels = data.x_test[indices], data.y_test[indices]
-    background = background_samples(data, seed)
+    background = background_samples(data, seed, explained=indices)
     say = progress or (lambda _msg: None)
 
     maps: dict[tuple[int, str], torch.Tensor] = {}
@@ -151,6 +151,8 @@ def explanation_drift(
                                    "test_accuracy": test_accuracy, "random_deletion_auc": random_auc}
             explainer = get_explainer(name)(model)
             reason = explainer.unsupported_reason(tuple(x.shape[1:]))
+            if not reason and explainer.needs_background and len(background) == 0:
+                reason = no_background(name)
             if reason:
                 partial.append({**row, "reason": reason})
                 continue

@@ -113,6 +113,7 @@ class AttributionSection(Section):
             "explained_class": "predicted",
             "n_explained": len(ctx.indices),
             "n_shown": min(len(ctx.indices), MAX_EXAMPLES_SHOWN),
+            "background": ctx.background or None,
             "layout": _figures.sample_layout(ctx.subject.dataset.input_shape),
         }}
 
