@@ -49,21 +49,31 @@ class FeatureLayout:
         return self.grid[0] * self.grid[1]
 
 
-def feature_layout(sample_shape: Sequence[int], feature_grid: tuple[int, int] | None,
-                   time_window: int | None) -> FeatureLayout:
-    """Patches of an image (C×H×W) or time windows of a sequence (T×F) as features."""
+def feature_size(sample_shape: Sequence[int], feature_grid: tuple[int, int] | None,
+                 time_window: int | None) -> tuple[int, ...]:
+    """One feature's extent as used: (patch height, width) of an image, (time steps,) of a sequence; the
+    automatic size where ``feature_grid`` / ``time_window`` is None."""
     if input_kind(sample_shape) == "image":
         _, h, w = sample_shape
         if feature_grid is None:
             p = next(p for p in range(1, max(h, w) + 1)
                      if math.ceil(h / p) * math.ceil(w / p) <= MAX_IMAGE_FEATURES)
-            feature_grid = (p, p)
-        ph, pw = feature_grid
+            return p, p
+        return tuple(feature_grid)
+    return (time_window or math.ceil(sample_shape[0] / MAX_SEQUENCE_FEATURES),)
+
+
+def feature_layout(sample_shape: Sequence[int], feature_grid: tuple[int, int] | None,
+                   time_window: int | None) -> FeatureLayout:
+    """Patches of an image (C×H×W) or time windows of a sequence (T×F) as features."""
+    if input_kind(sample_shape) == "image":
+        _, h, w = sample_shape
+        ph, pw = feature_size(sample_shape, feature_grid, time_window)
         gh, gw = math.ceil(h / ph), math.ceil(w / pw)
         ids = (torch.arange(h)[:, None] // ph) * gw + torch.arange(w)[None, :] // pw
         return FeatureLayout(ids.expand(*sample_shape).contiguous(), (gh, gw))
     t, f = sample_shape
-    window = time_window or math.ceil(t / MAX_SEQUENCE_FEATURES)
+    (window,) = feature_size(sample_shape, feature_grid, time_window)
     ids = (torch.arange(t) // window)[:, None].expand(t, f).contiguous()
     return FeatureLayout(ids, (math.ceil(t / window), 1))
 
@@ -170,6 +180,20 @@ class _FastShap(ShapExplainer):
     def _layout(self, sample_shape: Sequence[int]) -> FeatureLayout:
         return feature_layout(sample_shape, self.feature_grid, self.time_window)
 
+    def settings(self, sample_shape: Sequence[int]) -> dict[str, Any]:
+        # the feature size as used (patch of an image, time window of a sequence) and the feature count
+        shape = tuple(int(d) for d in sample_shape)
+        params = self.get_params()
+        size = feature_size(shape, self.feature_grid, self.time_window)
+        if input_kind(shape) == "image":
+            del params["time_window"]
+            params["feature_grid"] = "×".join(map(str, size))
+        else:
+            del params["feature_grid"]
+            params["time_window"] = size[0]
+        params["features"] = self._layout(shape).n_features
+        return params
+
     def _layout_for(self, sample_shape: Sequence[int] | None) -> FeatureLayout:
         """The layout for ``sample_shape``, else for the fitted background, else for an 8×8 image."""
         if sample_shape is None:
@@ -218,6 +242,11 @@ class ShapKernel(_FastShap):
 
     def get_params(self) -> dict[str, Any]:
         return {"nsamples": self.nsamples, **super().get_params()}
+
+    def settings(self, sample_shape: Sequence[int]) -> dict[str, Any]:
+        params = super().settings(sample_shape)
+        params["nsamples"] = kernel_budget(params["features"], self.nsamples)  # "auto" and the 2^M − 2 cap resolved
+        return params
 
     def rows_per_sample(self, sample_shape: Sequence[int] | None = None) -> int:
         # f(x), then v(∅) and every coalition, each over the references

@@ -404,7 +404,7 @@ def test_an_explanation_records_the_settings_it_ran_with(method: str, kind: str)
     model, x, explainer = supported(method, kind)
     exp = explainer.explain(x, 0)
     assert exp.settings == explainer.settings(tuple(x.shape[1:]))
-    if method in ("lime", "occlusion"):  # their automatic values are resolved for the input size
+    if method in ("lime", "occlusion", "shap_kernel", "shap_partition"):  # automatic values resolved
         assert None not in exp.settings.values()
     assert json.dumps(exp.to_dict()["settings"], default=str)
 
@@ -419,6 +419,25 @@ def test_settings_resolve_automatic_values_and_drop_what_does_not_apply() -> Non
     assert occlusion == {"window": "2×2", "stride": "1×1", "baseline": 0.0}
     assert get_explainer("occlusion")(nn.Identity(), window=4).settings((40, 3))["window"] == "4"
     assert get_explainer("saliency")(nn.Identity()).settings((1, 8, 8)) == {"abs": True}
+    kernel = get_explainer("shap_kernel")(nn.Identity())
+    assert kernel.settings((1, 8, 8)) == {"nsamples": 2 * 64 + 2048, "feature_grid": "1×1", "baseline": "mean",
+                                          "features": 64}
+    assert kernel.settings((40, 1)) == {"nsamples": 2 * 40 + 2048, "time_window": 1, "baseline": "mean",
+                                        "features": 40}
+    # a budget past 2^M - 2 coalitions is capped there (the result is then exact)
+    assert get_explainer("shap_kernel")(nn.Identity(), nsamples=1000, feature_grid=(4, 4)).settings(
+        (1, 8, 8))["nsamples"] == 2**4 - 2
+    assert get_explainer("shap_partition")(nn.Identity(), feature_grid=(2, 4)).settings((1, 8, 8)) == {
+        "max_evals": 500, "feature_grid": "2×4", "baseline": "mean", "features": 8}
+
+
+def test_shap_kernel_settings_are_the_coalitions_it_evaluates() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    explainer = get_explainer("shap_kernel")(model, feature_grid=(2, 2)).fit(torch.rand(5, 1, 8, 8))
+    exp = explainer.explain(torch.rand(3, 1, 8, 8), 0)
+    # f(x), then v(∅) and every coalition against the mean reference: one row each
+    assert exp.cost.forward_evals == 3 * (1 + exp.settings["nsamples"] + 1)
+    assert exp.settings["features"] == 16 and exp.settings["nsamples"] == 2 * 16 + 2048
 
 
 class _SqrtNet(nn.Module):
