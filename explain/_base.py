@@ -119,6 +119,16 @@ class Explanation:
         return {"name": self.method, "family": self.family, "config": dict(self.config),
                 "settings": dict(self.settings), "n_samples": len(self), "cost": self.cost.per_sample()}
 
+    def __repr__(self) -> str:
+        # a summary, not the tensors: the dataclass repr printed every attribution (thousands of lines in a
+        # notebook); the arrays stay one attribute away
+        shape = "×".join(map(str, self.attributions.shape))
+        settings = ", ".join(f"{k}={v}" for k, v in (self.settings or self.config).items())
+        per = self.cost.per_sample()
+        return (f"Explanation(method={self.method!r}, attributions={shape} {str(self.attributions.dtype)[6:]}, "
+                f"settings=({settings}), {per['wall_s_per_sample'] * 1e3:.3g} ms/sample, "
+                f"{per['forward_evals_per_sample']:.4g}+{per['backward_evals_per_sample']:.4g} evals/sample)")
+
     def _repr_html_(self) -> str:
         # imported on demand: explain/ must not import reports/ at module level (models → explain → reports)
         from xaudit.reports._notebook import explanation_html

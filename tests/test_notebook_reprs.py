@@ -125,3 +125,13 @@ def test_result_types_do_not_import_reports_until_displayed():
             "print([m for m in sys.modules if m.startswith('xaudit.reports')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_repr_of_an_explanation_is_a_one_line_summary_not_the_tensors() -> None:
+    model = build_model("cnn", (1, 8, 8), 10, seed=0)
+    exp = explain(model, torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+                  method="integrated_gradients", n_steps=8)
+    text = repr(exp)
+    assert "\n" not in text and len(text) < 300 and "tensor(" not in text
+    assert text.startswith("Explanation(method='integrated_gradients', attributions=40×1×8×8 float32")
+    assert "n_steps=8" in text and "evals/sample" in text
