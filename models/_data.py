@@ -23,6 +23,10 @@ KINDS: tuple[str, ...] = ("image", "sequence")
 
 _NPZ_USAGE = "save it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
 
+#: Most classes a user .npz may number without ``class_names``: each class gets a made-up name ("0", "1", …),
+#: so one stray huge label must be refused before a name per class up to it is built.
+MAX_UNNAMED_CLASSES = 100_000
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
@@ -254,7 +258,8 @@ def _load_npz(path: Path, dtype: torch.dtype = torch.float32) -> Dataset:
         x_train = np.zeros((0, *x_test.shape[1:]), dtype=np_dtype)
         y_train = np.zeros(0, dtype=np.int64)
 
-    n_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    top_train, top_test = int(y_train.max(initial=0)), int(y_test.max(initial=0))
+    n_classes = max(top_train, top_test) + 1
     if "class_names" in arrays:
         names = tuple(str(s) for s in np.asarray(arrays["class_names"]).reshape(-1))
         if len(names) < n_classes:
@@ -263,6 +268,13 @@ def _load_npz(path: Path, dtype: torch.dtype = torch.float32) -> Dataset:
                 f"give one name per class 0..{n_classes - 1}"
             )
     else:
+        if n_classes > MAX_UNNAMED_CLASSES:
+            key, top = ("y_test", top_test) if top_test >= top_train else ("y_train", top_train)
+            raise XauditError(
+                f"data {key!r} in {label!r} has label {top}, but without class_names at most "
+                f"{MAX_UNNAMED_CLASSES} classes are accepted: labels must be class indices 0..C-1 for a C-class "
+                "model (store class_names, one per class, for more classes)"
+            )
         names = tuple(str(i) for i in range(max(n_classes, 2)))
 
     kind = "image" if x_test.ndim == 4 else "sequence"
@@ -315,13 +327,20 @@ def _check_y(label: str, key: str, y: np.ndarray, n: int) -> np.ndarray:
         raise XauditError(
             f"data file {label!r} has {n} {x_key} samples but {len(y)} {key} labels: give one label per sample"
         )
-    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-        y = y.astype(np.int64)  # integral floats (1.0) are common from tools that store everything as float
-    if y.dtype.kind not in "iub":
+    # integral floats (1.0) are common from tools that store everything as float; they are cast below
+    integral_float = y.dtype.kind == "f" and bool(np.all(np.isfinite(y))) and bool(np.all(y == np.round(y)))
+    if y.dtype.kind not in "iub" and not integral_float:
         raise XauditError(
             f"data {key!r} in {label!r} has labels of dtype {y.dtype}: store integer class indices 0..K-1"
         )
-    y = y.astype(np.int64)
-    if len(y) and y.min() < 0:
-        raise XauditError(f"data {key!r} in {label!r} has negative label {int(y.min())}: store class indices 0..K-1")
-    return y
+    if len(y):
+        # range checked in the file's dtype: a uint64 or float label beyond int64 must not wrap on the cast
+        low, high = int(y.min()), int(y.max())
+        if low < 0:
+            raise XauditError(f"data {key!r} in {label!r} has negative label {low}: store class indices 0..K-1")
+        if high > np.iinfo(np.int64).max:
+            raise XauditError(
+                f"data {key!r} in {label!r} has label {high}, too large for a class index: "
+                "labels must be class indices 0..C-1 for a C-class model"
+            )
+    return y.astype(np.int64)

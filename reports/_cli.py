@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "test indices to an .npz, and the cost as JSON next to it (also printed on stdout).")
     explain.add_argument("--method", required=True, metavar="NAME", help=f"explanation method: {methods}")
     explain.add_argument("--out", default="attributions.npz", metavar="FILE",
-                         help="the .npz to write; the cost goes to the same name with .json "
-                              "(default: attributions.npz)")
+                         help="the .npz to write (the name must end in .npz); the cost goes to the same name "
+                              "with .json (default: attributions.npz)")
     explain.add_argument("--n-explain", type=_positive_int, metavar="N",
                          help="explain N seeded test samples (default: all test samples)")
     explain.set_defaults(run=_run_explain)
@@ -269,10 +269,11 @@ def _save_trained(subject: Subject, out: Path, progress: Progress | None) -> Non
 def _run_explain(args: argparse.Namespace) -> int:
     progress = _printer(args.quiet)
     out = Path(args.out)
-    cost_path = out.with_suffix(".json")
-    if cost_path == out:
-        raise XauditError(f"--out {str(out)!r} ends in .json, where the cost goes: name the attributions file "
-                          f"{str(out.with_suffix('.npz'))!r}")
+    if out.suffix.lower() != ".npz":  # .json is where the cost goes; any other name would hide an .npz archive
+        fix = out / "attributions.npz" if out.name in ("", "..") or out.is_dir() else out.with_suffix(".npz")
+        raise XauditError(f"--out {args.out!r} must be an .npz file (attributions, inputs, targets); the cost goes "
+                          f"next to it as .json: use e.g. {str(fix)!r}")
+    cost_path = out.with_suffix(".json")  # a.npz or a.NPZ -> a.json
     created = prepare_out_file(out)
     with _cleanup_on_failure(created):
         regular_file_target(cost_path, option="--out's cost file")

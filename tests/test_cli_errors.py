@@ -133,6 +133,40 @@ def test_train_and_explain_share_the_error_contract(tmp_path: Path, capsys: pyte
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_huge_label_is_one_line_in_flat_memory(tmp_path: Path, cnn_file: Path) -> None:
+    # label 2**40 in y_test made the loader build 2**40 class names: the process was OOM-killed (exit 137).
+    # Run under an address-space cap (this process's size + 2 GiB) so a regression fails here, not the machine.
+    resource = pytest.importorskip("resource")
+    statm = Path("/proc/self/statm")
+    if not statm.exists():
+        pytest.skip("needs /proc to size the memory cap")
+    cap = int(statm.read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE") + 2 * 2**30
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    data = image_npz(tmp_path / "d.npz", y_test=np.array([0, 1] * 5 + [2, 2**40]))
+    out = tmp_path / "attr.npz"
+    env = {**os.environ, "XAUDIT_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "xaudit.reports", "explain", "--model", str(cnn_file), "--data",
+                             str(data), "--method", "saliency", "--out", str(out), "-q"],
+                            capture_output=True, text=True, env=env, timeout=180, preexec_fn=limit_memory)
+    assert_one_line_error(result.returncode, result.stderr, "label 1099511627776", "class indices 0..C-1")
+    assert result.stdout == ""
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize("name", ["x.pt", "a.npy", "noext", "attr.npz.bak"])
+def test_explain_out_must_be_an_npz(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --out x.pt wrote an NPZ archive under that name, and a.npy, a.pt, a.npz all put their cost in a.json
+    out = tmp_path / name
+    code, _, err = run_cli(["explain", "--method", "saliency", "--epochs", "1", "--n-explain", "2", "--out", out,
+                            "-q"], capsys)
+    line = assert_one_line_error(code, err, "must be an .npz file", "cost goes next to it as .json")
+    assert repr(str(out.with_suffix(".npz"))) in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "it wrote or trained before refusing --out"
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from xaudit.reports import _cli
 

@@ -167,3 +167,42 @@ def test_dataset_validates_layout():
     with pytest.raises(XauditError) as exc:
         Dataset("d", "image", x, y, x, y, ("0", "1"))
     assert "N×C×H×W" in _one_line(exc)
+
+
+@pytest.mark.parametrize("key", ["y_test", "y_train"])
+def test_npz_huge_label_is_refused_before_naming_every_class(tmp_path, key):
+    # one stray label of 2 million made the loader build 2 million class names ("0", "1", …) before any check;
+    # 2**40 was OOM-killed. Without class_names the label must be refused first, in flat memory.
+    import tracemalloc
+
+    from xaudit.models._data import MAX_UNNAMED_CLASSES
+
+    top = 20 * MAX_UNNAMED_CLASSES
+    good = _good_arrays()
+    labels = good[key].copy()
+    labels[1] = top
+    path = _save(tmp_path / "big.npz", **{**good, key: labels})
+    tracemalloc.start()
+    try:
+        with pytest.raises(XauditError) as exc:
+            load_dataset(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = _one_line(exc)
+    assert f"data {key!r}" in message and f"label {top}" in message and "class indices 0..C-1" in message
+    assert peak < 16 * 2**20, f"refusing one label took {peak / 2**20:.0f} MiB"
+    # the bound is on the class count, not on ordinary labels: the most classes allowed still load
+    path = _save(tmp_path / "ok.npz", **{**good, key: np.where(labels == top, MAX_UNNAMED_CLASSES - 1, labels)})
+    assert load_dataset(path).n_classes == MAX_UNNAMED_CLASSES
+
+
+@pytest.mark.parametrize("labels", [np.array([0, 1, 2**64 - 1], dtype=np.uint64), np.array([0.0, 1.0, 1e30])],
+                         ids=["uint64", "float"])
+def test_npz_label_beyond_int64_is_not_wrapped_to_negative(tmp_path, labels):
+    # the int64 cast wrapped these to negative numbers, reported as "negative label -1"
+    path = _save(tmp_path / "big.npz", x_test=np.zeros((3, 12, 3), dtype=np.float32), y_test=labels)
+    with pytest.raises(XauditError) as exc:
+        load_dataset(path)
+    message = _one_line(exc)
+    assert f"label {int(labels.max())}, too large for a class index" in message and "negative" not in message
