@@ -481,6 +481,9 @@ def check_params(cls: type[Explainer], params: Mapping[str, Any]) -> None:
     if open_ended:
         return
     for key in params:
+        if key == "device" and key not in names:
+            raise XauditError(f"{cls.name} takes no device: explanations run where the model's parameters are; "
+                              "move the model (model.to('cuda')) and the inputs follow it")
         if key not in names:
             err = did_you_mean(f"{cls.name} parameter", key, names or ["(none)"])
             raise XauditError(f"{err}; see help(xaudit.explain.{cls.__name__})")

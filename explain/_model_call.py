@@ -156,6 +156,11 @@ def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
             said = " ".join(str(err).split())[:200] or type(err).__name__
             raise XauditError(f"inputs of shape {tuple(x.shape)} do not fit the model ({said}): pass a batch "
                               "shaped N × the model's input shape (one sample: x.unsqueeze(0))") from err
+        if isinstance(out, (tuple, list, dict)):
+            pick = "['logits']" if isinstance(out, dict) else "[0]"
+            raise XauditError(f"the model returned a {type(out).__name__} for a batch of {k}, not a tensor: "
+                              "explanations need one row of class scores per input (N × classes); wrap it so "
+                              f"forward returns only those, e.g. a module whose forward is model(x){pick}")
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != k:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise XauditError(f"the model returned {got} for a batch of {k}: explanations need one row of class "

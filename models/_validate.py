@@ -58,6 +58,8 @@ def _probe(model: nn.Module, sample: torch.Tensor, what: str) -> int:
         raise XauditError(
             f"the model returned a {type(out).__name__} for {what}, not a tensor of logits: "
             "wrap it so forward returns an N×n_classes tensor"
+            + (f", e.g. a module whose forward is model(x){'[0]' if isinstance(out, (tuple, list)) else '[key]'}"
+               if isinstance(out, (tuple, list, dict)) else "")
         )
     if out.ndim == 2 and out.shape[0] != n and n > 1:
         raise XauditError(

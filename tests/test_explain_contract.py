@@ -7,6 +7,7 @@ listed here. Known exceptions live in :data:`KNOWN_EXCEPTIONS`, one reason each.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -331,6 +332,31 @@ def test_a_model_that_returns_one_row_per_batch_is_refused() -> None:
                                           "input") as err:
         explain(_BatchOfOne(), x, method="saliency")
     assert "\n" not in str(err.value)
+
+
+class _WithHidden(nn.Module):
+    """Returns (logits, hidden) or {"logits": ...}, as many recurrent and detection models do."""
+
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        self.head, self.as_dict = nn.Linear(64, 3), as_dict
+
+    def forward(self, x: torch.Tensor) -> Any:
+        logits = self.head(x.flatten(1))
+        return {"logits": logits} if self.as_dict else (logits, x.mean())
+
+
+@pytest.mark.parametrize(("as_dict", "pick"), [(False, "[0]"), (True, "['logits']")])
+def test_a_model_returning_a_tuple_or_dict_is_told_how_to_wrap_it(as_dict: bool, pick: str) -> None:
+    with pytest.raises(XauditError, match=rf"returned a (tuple|dict) .*model\(x\){re.escape(pick)}") as err:
+        explain(_WithHidden(as_dict), torch.rand(N, 1, 8, 8), method="saliency")
+    assert "\n" not in str(err.value)
+
+
+def test_a_device_argument_says_where_explanations_run() -> None:
+    model, x, _ = build("cnn2d")
+    with pytest.raises(XauditError, match=r"saliency takes no device: .*move the model \(model.to"):
+        explain(model, x, method="saliency", device="cpu")
 
 
 def test_float64_inputs_get_float64_attributions() -> None:

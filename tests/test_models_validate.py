@@ -56,6 +56,22 @@ def test_bad_outputs():
     assert "1 score per sample" in _error(nn.Linear(3, 1), torch.rand(2, 3))
 
 
+class _Pair(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.head, self.kind = nn.Linear(3, 2), kind
+
+    def forward(self, x):
+        logits = self.head(x)
+        return {"tuple": (logits, x), "list": [logits], "dict": {"logits": logits}}[self.kind]
+
+
+@pytest.mark.parametrize(("kind", "pick"), [("tuple", "model(x)[0]"), ("list", "model(x)[0]"), ("dict", "model(x)[key]")])
+def test_tuple_list_and_dict_outputs_say_how_to_wrap_the_model(kind, pick):
+    message = _error(_Pair(kind), torch.rand(2, 3))
+    assert f"returned a {kind}" in message and f"a module whose forward is {pick}" in message
+
+
 def test_cached_train_hits_the_cache(tmp_path, monkeypatch):
     data = load_dataset("digits").subset(64, 16)
     config = TrainConfig(epochs=1, val_fraction=0.0)
