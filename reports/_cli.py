@@ -14,8 +14,9 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, NoReturn
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +110,31 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option or option value said in one line like every other bad input (``xaudit:
+    error: …``, exit 2) instead of the usage block first. A missing or unknown command keeps the usage: there
+    the list of commands is the answer. Subcommand parsers are of this class too (argparse builds them with
+    the parent's class)."""
+
+    _argv: Sequence[str] = ()
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        self._argv = tuple(sys.argv[1:] if args is None else args)  # to name the command in an error
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        if self.prog == "xaudit" and ("COMMAND" in message or "invalid choice" in message):
+            super().error(message)
+        command = self.prog
+        if command == "xaudit":  # unrecognized arguments are found by the top parser, after the command's
+            named = [a for a in self._argv if not a.startswith("-")][:1]
+            command = f"xaudit {named[0]}" if named else "xaudit COMMAND"
+        self.exit(2, f"xaudit: error: {message} (see {command} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``xaudit`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xaudit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         description="Explain and audit PyTorch CNN and RNN classifiers: attributions with measured cost, "
                     "and one self-contained HTML report.")
@@ -288,10 +311,12 @@ def _run_explain(args: argparse.Namespace) -> int:
         indices = select_samples(dataset.n_test, args.n_explain or dataset.n_test, args.seed)
         x = dataset.x_test[indices]
         targets = predict_classes(subject.model, x)
-        (result,) = explain_methods(subject.model, x, targets, background_samples(dataset, args.seed), [name],
-                                    seed=args.seed, progress=progress, memory_budget=budget)
+        background = background_samples(dataset, args.seed, explained=indices)
+        (result,) = explain_methods(subject.model, x, targets, background, [name], seed=args.seed,
+                                    progress=progress, memory_budget=budget)
         if result.explanation is None:
-            raise XauditError(f"{name} cannot explain this model: {result.reason}")
+            reason = result.reason or "unsupported"
+            raise XauditError(reason if reason.startswith(f"{name} ") else f"{name} cannot explain this model: {reason}")
         exp = result.explanation
         summary = {"xaudit_version": xaudit_version(), **exp.to_dict(), "fit_wall_s": result.fit_wall_s,
                    "cost_total": exp.cost.to_dict(), **describe_subject(subject),

@@ -239,3 +239,33 @@ def test_epochs_with_a_model_that_is_not_trained_is_a_usage_error(tmp_path, caps
     _torch.save(build_model("cnn", (1, 8, 8), 10, seed=0).state_dict(), weights)
     with _pytest.raises(XauditError, match="the built-in cnn with weights from a file is used as it is"):
         resolve_subject("cnn", "digits", state_dict=weights, epochs=3)
+
+
+@pytest.mark.parametrize(("argv", "fragments"), [
+    (["report", "--n-explain", "0"], ("argument --n-explain", "see xaudit report --help")),
+    (["report", "--quality", "bogus"], ("argument --quality: invalid choice", "see xaudit report --help")),
+    (["explain", "--method", "saliency", "--seed", "x"], ("argument --seed", "see xaudit explain --help")),
+    (["sweep", "--repeats", "0"], ("argument --repeats", "see xaudit sweep --help")),
+    (["report", "--repeats", "0"], ("unrecognized arguments: --repeats 0", "see xaudit report --help")),
+])
+def test_a_bad_option_value_is_one_line_without_the_usage_block(argv: list[str], fragments: tuple[str, ...],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_an_unknown_command_keeps_the_usage_with_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["bogus"], capsys)
+    assert code == 2 and err.startswith("usage: xaudit") and "invalid choice: 'bogus'" in err
+
+
+def test_explain_shap_on_a_one_sample_test_file_says_there_is_no_background(
+        tmp_path: Path, cnn_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the only test sample is the one explained: as its own background every SHAP value was 0, exit 0
+    data = image_npz(tmp_path / "one.npz", n_test=1, x_train=None, y_train=None)
+    out = tmp_path / "attr.npz"
+    code, _, err = run_cli(["explain", "--model", cnn_file, "--data", data, "--method", "shap_kernel",
+                            "--out", out, "-q"], capsys)
+    message = assert_one_line_error(code, err, "shap_kernel needs background data and there is none", "x_train")
+    assert "cannot explain" not in message
+    assert not out.exists() and not out.with_suffix(".json").exists()
