@@ -3,7 +3,8 @@
 Rules the evaluation follows (so CI never passes by accident):
 
 * a value that was not measured (null in report.json, an empty ``quality`` because of ``--quality none``, a
-  metric that does not apply to the method) fails its check with a "not measured" note;
+  metric that does not apply to the method, an index past the end of a list, NaN or Infinity in an edited
+  report.json) fails its check with a "not measured" note that names the whole path;
 * a method the policy names that this report did not run fails its check ("not run"): a policy that names
   a method requires it, so dropping it from ``--methods`` cannot turn a failing gate green;
 * a method that cannot explain this kind of model (``supported: false``) is skipped with its reason, as is
@@ -106,10 +107,11 @@ class AuditResult:
     def table(self) -> str:
         """The pass/fail table ``xaudit audit`` prints: one row per check, then the verdict."""
         rows = [("result", "check", "value", "threshold", "note")]
-        rows += [(c.status[:4].upper(), c.name, format_value(c.value), c.threshold_text,
-                  f"{c.note}: {c.why}" if c.why and c.status == "failed" else c.note) for c in self.checks]
+        rows += [tuple(map(printable, (c.status[:4].upper(), c.name, format_value(c.value), c.threshold_text,
+                                       f"{c.note}: {c.why}" if c.why and c.status == "failed" else c.note)))
+                 for c in self.checks]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = [f"xaudit audit: policy {self.policy.name!r} ({self.policy.source})"]
+        lines = [f"xaudit audit: policy {self.policy.name!r} ({printable(self.policy.source)})"]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4] for row in rows]
         lines.append(self.verdict())
         return "\n".join(line.rstrip() for line in lines) + "\n"
@@ -135,7 +137,9 @@ class AuditResult:
             else:
                 ET.SubElement(case, "system-out").text = detail
         ET.indent(suites)
-        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+        # ElementTree escapes markup but writes control characters as they are, which no XML 1.0 parser
+        # accepts; they can only sit in text and attribute values, so escaping them in the document is safe
+        return xml_safe('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n")
 
     def _repr_html_(self) -> str:
         from ._notebook import fragment
@@ -154,6 +158,29 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+#: Characters XML 1.0 forbids anywhere in a document (everything but tab, LF, CR below U+0020; surrogates;
+#: U+FFFE and U+FFFF).
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+#: Characters a terminal would act on or cannot print: control characters (C0, DEL, C1) and lone surrogates.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]  # '\x07', '\n', '\ud800': what Python's repr shows
+
+
+def xml_safe(text: str) -> str:
+    """``text`` with every character XML 1.0 forbids written as its Python escape (``\\x07``); tabs and
+    newlines stay."""
+    return _XML_ILLEGAL.sub(_escaped, text)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines and tabs too) written as their Python escape (``\\x07``),
+    so a table row stays one line and a terminal shows what the file holds instead of acting on it."""
+    return _UNPRINTABLE.sub(_escaped, text)
 
 
 def _failure_message(check: AuditCheck) -> str:
@@ -179,7 +206,7 @@ def audit(report: Report | Mapping[str, Any], policy: PolicyLike = None) -> Audi
     busy = _busy_note(content)
     if busy:  # a timing measured while other processes took the CPU: say so next to every timing check
         checks = [dataclasses.replace(c, note=f"{c.note}; {busy}" if c.note else busy)
-                  if _TIMING.search(c.path) and c.status != "skipped" else c for c in checks]
+                  if _TIMING.search(c.path) and c.value is not None else c for c in checks]
     return AuditResult(policy=policy, checks=tuple(checks))
 
 
@@ -228,9 +255,11 @@ def _evaluate(check: PolicyCheck, report: Mapping[str, Any]) -> list[AuditCheck]
         if t.skipped:
             out.append(AuditCheck(value=None, passed=True, status="skipped", note=t.skipped, **common))
             continue
-        value = None if isinstance(t.value, float) and not math.isfinite(t.value) else t.value
+        value, what = t.value, "null"
+        if isinstance(value, float) and not math.isfinite(value):  # json.loads reads NaN and Infinity
+            value, what = None, "NaN" if math.isnan(value) else f"infinite ({'-' if value < 0 else ''}Infinity)"
         if value is None:
-            note = t.missing or f"not measured: {t.path} is null in report.json"
+            note = t.missing or f"not measured: {t.path} is {what} in report.json"
             out.append(AuditCheck(value=None, passed=False, status="failed", note=note, **common))
             continue
         ok = _compare(check, t.path, value)
@@ -288,14 +317,25 @@ def _labels(entries: Sequence[Any]) -> list[str]:
     return [str(i) for i in range(len(entries))]
 
 
+def _path_text(steps: Sequence[Step]) -> str:
+    """How ``steps`` continue a path: ``.quality.deletion_auc``, ``[0].faithfulness``."""
+    return "".join(f".{arg}" if kind == "key" else f"[{arg}]" for kind, arg in steps)
+
+
+def _entries(n: int) -> str:
+    return "is empty" if n == 0 else "has 1 entry ([0])" if n == 1 else f"has {n} entries ([0] to [{n - 1}])"
+
+
 def _walk(node: Any, steps: Sequence[Step], where: str, labels: tuple[str, ...], check: PolicyCheck,
           out: list[_Target]) -> None:
-    """Follow ``steps`` from ``node``, appending one target per value reached (wildcards branch)."""
+    """Follow ``steps`` from ``node``, appending one target per value reached (wildcards branch). A target
+    that stops short (null, missing, out of range, skipped) keeps the whole path the policy named."""
     if not steps:
         out.append(_Target(where, labels, node))
         return
     if node is None:
-        out.append(_Target(where, labels, missing=f"not measured: {where} is null in report.json"))
+        out.append(_Target(where + _path_text(steps), labels,
+                           missing=f"not measured: {where} is null in report.json"))
         return
     (kind, arg), rest = steps[0], steps[1:]
     here = where or "report.json"
@@ -306,7 +346,7 @@ def _walk(node: Any, steps: Sequence[Step], where: str, labels: tuple[str, ...],
         if arg not in node:
             if not node or arg in _measured_keys():
                 hint = " (quality metrics need --quality full or fast)" if arg in _measured_keys() else ""
-                out.append(_Target(f"{where}.{arg}" if where else arg, labels,
+                out.append(_Target((f"{where}.{arg}" if where else arg) + _path_text(rest), labels,
                                    missing=f"not measured: {here} has no {arg!r}{hint}"))
                 return
             raise XauditError(f"{_which(check)} names nothing in report.json: "
@@ -325,16 +365,17 @@ def _walk(node: Any, steps: Sequence[Step], where: str, labels: tuple[str, ...],
                           f"nothing: fix the path {check.value!r}")
     if arg == "*":
         if not node:
-            out.append(_Target(f"{where}[*]", labels, missing=f"not measured: {here} is empty"))
+            out.append(_Target(f"{where}[*]{_path_text(rest)}", labels, missing=f"not measured: {here} is empty"))
         for i, (entry, label) in enumerate(zip(node, _labels(node))):
             selector = label if label == _entry_name(entry) else str(i)  # the path stays selectable
             _enter(entry, rest, f"{where}[{selector}]", (*labels, label), check, out)
         return
     if arg.isdigit():
         index = int(arg)
-        if index >= len(node):
-            out.append(_Target(f"{where}[{arg}]", labels,
-                               missing=f"not measured: {here} has {len(node)} entries, no [{arg}]"))
+        if index >= len(node):  # a report can have fewer entries than the policy expects: a failure, not a typo
+            path = f"{where}[{arg}]{_path_text(rest)}"
+            out.append(_Target(path, labels, missing=f"not measured: {here} {_entries(len(node))}, "
+                                                     f"so {path} is not in report.json"))
         else:
             _enter(node[index], rest, f"{where}[{arg}]", labels, check, out)
         return
@@ -342,7 +383,7 @@ def _walk(node: Any, steps: Sequence[Step], where: str, labels: tuple[str, ...],
     if not matches:
         names = {n for n in map(_entry_name, node) if n}
         if arg in available_methods():
-            out.append(_Target(f"{where}[{arg}]", labels,
+            out.append(_Target(f"{where}[{arg}]{_path_text(rest)}", labels,
                                missing=f"not run: {arg} is not in this report's {here} (add it to --methods)"))
             return
         raise XauditError(f"{_which(check)} names nothing in report.json: "
@@ -354,10 +395,11 @@ def _enter(entry: Any, steps: Sequence[Step], where: str, labels: tuple[str, ...
            out: list[_Target]) -> None:
     if isinstance(entry, Mapping) and entry.get("supported") is False:
         reason = entry.get("reason") or "not supported"
+        path = where + _path_text(steps)
         if entry.get("failed"):  # the method can explain such a model but failed on this one: nothing to skip
-            out.append(_Target(where, labels, missing=f"{_entry_name(entry) or where} failed on this model: {reason}"))
+            out.append(_Target(path, labels, missing=f"{_entry_name(entry) or where} failed on this model: {reason}"))
             return
-        out.append(_Target(where, labels, skipped=f"{_entry_name(entry) or where} cannot run here: {reason}"))
+        out.append(_Target(path, labels, skipped=f"{_entry_name(entry) or where} cannot run here: {reason}"))
         return
     _walk(entry, steps, where, labels, check, out)
 

@@ -1,18 +1,24 @@
 """``xaudit audit``: compute a report (or read a report.json) and pass or fail it against a policy, for CI.
 
 Exit codes: 0 when every check passes, 1 when the audit fails, 2 for a usage error (a bad policy file, a
-path that names nothing in report.json, an unreadable ``--report``...), which follows the CLI's contract:
-one line ``xaudit: error: ...`` and nothing written. The policy is read and validated before any training.
+path that names nothing in report.json, an unreadable ``--report`` or one that is not a report.json, a
+``--junit`` or ``--out`` that would overwrite an input...), which follows the CLI's contract: one line
+``xaudit: error: ...`` and nothing written. Outputs are checked and the policy is read and validated before
+any training.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from xaudit.models._data import DATASETS
 from xaudit.models._errors import XauditError
+from xaudit.models._nets import MODELS
 
 from ._atomic import atomic_write_text, prepare_out_dir, prepare_out_file
 from ._audit import AuditSection, audit
@@ -76,8 +82,31 @@ def audit_sections(policy: Any, sections: tuple[Section, ...] = DEFAULT_SECTIONS
     return (*sections[:at], section, *sections[at:])
 
 
+#: Keys every report.json that ``xaudit report`` (or ``xaudit audit --out``) writes has: its sections always
+#: include the performance and cost sections. Other xaudit JSON files (sweep.json, a sweep run's manifest,
+#: the cost file of ``xaudit explain``) have neither.
+REPORT_KEYS: tuple[str, ...] = ("metrics", "methods")
+
+
+def _what_json(content: Mapping[str, Any]) -> str:
+    """What a JSON object that is not a report.json is ("the sweep.json that `xaudit sweep` wrote"...), when
+    it is recognisable, else ''."""
+    if not content:
+        return "an empty JSON object"
+    fmt = content.get("format")
+    if isinstance(fmt, str) and fmt.startswith("xaudit-sweep-run"):
+        return ("a trial file of a sweep run directory (`xaudit sweep`)" if "trial" in content
+                else "the manifest.json of a sweep run directory (`xaudit sweep`)")
+    if "xaudit_version" in content and "grid" in content and "trials" in content:
+        return "the sweep.json that `xaudit sweep` wrote"
+    if "xaudit_version" in content and "cost" in content and "npz" in content:
+        return "the cost file that `xaudit explain` wrote next to its attributions"
+    return ""
+
+
 def read_report_json(path: str) -> dict[str, Any]:
-    """report.json's content from ``--report``; any problem is one :class:`XauditError`."""
+    """report.json's content from ``--report``; any problem is one :class:`XauditError`, including valid JSON
+    that is not a report.json (a sweep.json, say), which would otherwise read as a policy naming nothing."""
     file = Path(path)
     if not file.is_file():
         raise XauditError(f"--report {path!r} is not a file: pass the report.json that `xaudit report` wrote")
@@ -89,24 +118,71 @@ def read_report_json(path: str) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise XauditError(f"--report {path!r} holds a JSON {type(content).__name__}, not a report object: pass "
                           "the report.json that `xaudit report` wrote")
+    missing = [key for key in REPORT_KEYS if key not in content]
+    if missing:
+        what = _what_json(content)
+        raise XauditError(f"--report {path!r} is {what + ', ' if what else ''}not an xaudit report.json (no "
+                          f"{'/'.join(map(repr, missing))}): pass the report.json that `xaudit report` wrote")
     return content
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same inode when both exist (symlinks, hard links, ``./``),
+    else the same resolved path (a file not written yet)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an output that would replace a file the command reads (``--junit`` naming the
+    ``--report`` or ``--policy`` file, say) or another output, and a ``--junit`` directory."""
+    inputs = [("--report", args.report), ("--policy", args.policy), ("--state-dict", args.state_dict),
+              ("--model", None if args.model in MODELS else args.model),
+              ("--data", None if args.data in DATASETS else args.data)]
+    inputs = [(option, path) for option, path in inputs if path and os.path.isfile(path)]
+    out_files = [(name, Path(args.out) / name) for name in REPORT_FILES] if args.out else []
+    if args.junit:
+        junit = Path(args.junit)
+        names = {junit.name, *(Path(path).name for _, path in inputs)}
+        example = "audit.xml" if "audit.xml" not in names else "junit.xml"
+        if junit.is_dir():
+            raise XauditError(f"--junit {args.junit!r} is a directory: pass a file path inside it, "
+                              f"e.g. {str(junit / example)!r}")
+        for option, path in inputs:
+            if _same_file(junit, path):
+                raise XauditError(f"--junit {args.junit!r} is the same file as {option} {path!r}, which writing "
+                                  f"the JUnit XML would overwrite: pass another --junit path, e.g. {example!r}")
+        if args.out and _same_file(junit, args.out):
+            raise XauditError(f"--junit {args.junit!r} and --out {args.out!r} name the same path, but --out is "
+                              f"the report's directory: pass a --junit file, e.g. {str(Path(args.out) / example)!r}")
+        for name, path in out_files:
+            if _same_file(junit, path):
+                raise XauditError(f"--junit {args.junit!r} is the {name} that --out {args.out!r} writes: pass "
+                                  f"another --junit path, e.g. {example!r}")
+    for name, path in out_files:
+        for option, source in inputs:
+            if _same_file(path, source):
+                raise XauditError(f"--out {args.out!r} would write {name} over {option} {source!r}: choose "
+                                  "another --out directory")
 
 
 def run_audit_command(args: argparse.Namespace) -> int:
     """Run ``xaudit audit``; returns 0 (passed) or 1 (failed); usage errors raise :class:`XauditError`."""
-    policy = load_policy(args.policy)  # first: a bad policy must cost nothing
     if args.report and args.out:
         raise XauditError("--out needs a computed report (the HTML draws from the model), so it cannot be combined "
                           "with --report: drop --out, or drop --report to recompute")
+    check_outputs(args)  # first, with the policy: a mistake must cost nothing, and never an input file
+    policy = load_policy(args.policy)
+    content = read_report_json(args.report) if args.report else None
     progress = _printer(args.quiet)
     created = prepare_out_dir(args.out, files=REPORT_FILES) if args.out else []
     with _cleanup_on_failure(created):
         if args.junit:
             created += prepare_out_file(args.junit, option="--junit")
         report = None
-        if args.report:
-            content = read_report_json(args.report)
-        else:
+        if content is None:
             report = Report.from_context(report_context(args, progress), audit_sections(policy))
             content = report.json
         result = audit(content, policy)  # a path naming nothing raises here, before any file is written
