@@ -26,6 +26,8 @@ from ._train import EpochRecord, TrainConfig, TrainResult, evaluate
 
 #: Gap (train − test accuracy) above which overfitting is "mild", "clear" and "severe".
 GAP_LEVELS = (0.02, 0.05, 0.15)
+#: Below this many test samples the gap's reading carries a warning.
+FEW_TEST_SAMPLES = 30
 #: Train accuracy below this (and a gap that is not significant) reads as underfitting.
 UNDERFIT_TRAIN_ACCURACY = 0.8
 
@@ -34,8 +36,9 @@ UNDERFIT_TRAIN_ACCURACY = 0.8
 class GapDiagnosis:
     """The generalization gap (train − test accuracy) with its standard error and a verdict in words.
 
-    ``gap_se`` is the binomial standard error of the test accuracy, √(p(1 − p)/n_test): with a finite test
-    set a gap within two of them cannot be told from zero.
+    ``gap_se`` is the binomial standard error of the test accuracy, √(p(1 − p)/n_test). A gap within the
+    Wilson interval's half-width (``gap_margin`` in JSON, :func:`sampling_margin`; about 2 · ``gap_se`` on a
+    large test set, and not 0 at an accuracy of 0 or 1 on a few samples) cannot be told from zero.
     """
 
     train_accuracy: float | None
@@ -61,7 +64,8 @@ class GapDiagnosis:
 
     def to_json(self) -> dict[str, Any]:
         return {"train_accuracy": self.train_accuracy, "test_accuracy": self.test_accuracy, "gap": self.gap,
-                "gap_se": self.gap_se, "train_loss": self.train_loss, "test_loss": self.test_loss,
+                "gap_se": self.gap_se, "gap_margin": sampling_margin(self.test_accuracy, self.n_test),
+                "train_loss": self.train_loss, "test_loss": self.test_loss,
                 "loss_gap": self.loss_gap, "n_test": self.n_test, "verdict": self.verdict,
                 "interpretation": self.interpretation,
                 "thresholds": {"gap_levels": list(GAP_LEVELS), "underfit_train_accuracy": UNDERFIT_TRAIN_ACCURACY}}
@@ -73,8 +77,8 @@ def generalization_gap(train_accuracy: float, test_accuracy: float, *, n_test: i
     if not (0 <= train_accuracy <= 1 and 0 <= test_accuracy <= 1):
         raise XauditError(f"accuracies must be in [0, 1], got train {train_accuracy} and test {test_accuracy}")
     gap = train_accuracy - test_accuracy
-    se = math.sqrt(max(test_accuracy * (1 - test_accuracy), 0.0) / max(n_test, 1))
-    significant = gap > 2 * se
+    margin = sampling_margin(test_accuracy, n_test)
+    significant = gap > margin
     mild, clear, severe = GAP_LEVELS
     if train_accuracy < UNDERFIT_TRAIN_ACCURACY and not (significant and gap > clear):
         verdict = "underfitting"
@@ -83,7 +87,7 @@ def generalization_gap(train_accuracy: float, test_accuracy: float, *, n_test: i
     elif not significant or gap <= mild:
         verdict = "no_overfitting"
         text = (f"no measurable overfitting: the gap of {gap:+.1%} is within the test set's sampling error "
-                f"(±{2 * se:.1%}) or below {mild:.0%}")
+                f"(±{margin:.1%}) or below {mild:.0%}")
     elif gap <= clear:
         verdict = "mild"
         text = f"mild overfitting: train accuracy exceeds test accuracy by {gap:.1%}"
@@ -95,7 +99,19 @@ def generalization_gap(train_accuracy: float, test_accuracy: float, *, n_test: i
         verdict = "severe"
         text = (f"severe overfitting: the model fits its training data ({train_accuracy:.1%}) far better than "
                 f"unseen data ({test_accuracy:.1%}); it memorizes — more data or augmentation is the usual cure")
+    if n_test < FEW_TEST_SAMPLES:
+        text += f" (only {n_test} test sample{'s' if n_test != 1 else ''}: any reading of the gap is weak)"
     return GapDiagnosis(train_accuracy, test_accuracy, train_loss, test_loss, int(n_test), verdict, text)
+
+
+def sampling_margin(accuracy: float, n: int) -> float:
+    """Half-width of the Wilson score interval (z = 2) around an accuracy measured on ``n`` samples: the gap a
+    finite test set cannot tell from zero. Close to two binomial standard errors for a large ``n``, but not 0 when
+    the accuracy is 0 or 1 on a handful of samples (1 of 1 right: ±40%, where 2·SE said ±0%)."""
+    n = max(int(n), 1)
+    z2 = 4.0
+    spread = accuracy * (1 - accuracy) / n + z2 / (4 * n * n)
+    return 2.0 * math.sqrt(max(spread, 0.0)) / (1 + z2 / n)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from xaudit.models._calibration import calibration_from_proba
-from xaudit.models._diagnostics import diagnose_history, generalization_gap
+from xaudit.models._diagnostics import diagnose_history, generalization_gap, sampling_margin
 from xaudit.models._errors import XauditError
 from xaudit.models._spectra import esd, fit_power_law, weight_spectra
 from xaudit.models._train import EpochRecord
@@ -141,6 +141,18 @@ def test_gap_verdicts(train: float, test: float, n: int, verdict: str) -> None:
     gap = generalization_gap(train, test, n_test=n)
     assert gap.verdict == verdict, gap.interpretation
     assert gap.gap == pytest.approx(train - test)
+
+
+def test_a_gap_on_a_handful_of_samples_is_never_significant_by_a_zero_error_bar() -> None:
+    # 1 of 1 test samples right: the binomial SE is 0, so "within ±0.0%" read any gap as measured
+    one = generalization_gap(1.0, 1.0, n_test=1)
+    assert sampling_margin(1.0, 1) == pytest.approx(0.4)
+    assert "±40.0%" in one.interpretation and "only 1 test sample" in one.interpretation
+    # 10 of 10 right and a 15-point gap: within the Wilson margin (±24%), not "severe"
+    assert generalization_gap(0.85, 1.0, n_test=10).verdict != "severe"
+    # a large test set: about two binomial standard errors
+    assert sampling_margin(0.9, 10_000) == pytest.approx(2 * (0.9 * 0.1 / 10_000) ** 0.5, rel=0.01)
+    assert "test sample" not in generalization_gap(0.95, 0.94, n_test=1000).interpretation
 
 
 def test_history_reading() -> None:
