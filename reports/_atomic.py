@@ -60,14 +60,14 @@ def prepare_out_dir(path: str | os.PathLike[str], *, option: str = "--out", file
     return created
 
 
-def prepare_out_file(path: str | os.PathLike[str], *, option: str = "--out") -> list[Path]:
+def prepare_out_file(path: str | os.PathLike[str], *, option: str = "--out", example: str = "model.pt") -> list[Path]:
     """Like :func:`prepare_out_dir` for an output *file*: its directory must be writable, and it must be a
     regular file or not exist yet (not a directory, FIFO or device); a symlink is followed to its target,
-    which is what :func:`atomic_write` will replace."""
+    which is what :func:`atomic_write` will replace. ``example``: the file name a directory's error suggests."""
     path = Path(path)
     if path.is_dir():
         raise XauditError(f"{option} {str(path)!r} is a directory: pass a file path inside it, "
-                          f"e.g. {str(path / 'model.pt')!r}")
+                          f"e.g. {str(path / example)!r}")
     target = regular_file_target(path, option=option)
     return prepare_out_dir(target.parent, option=option)
 
@@ -77,3 +77,23 @@ def remove_created_dirs(created: list[Path]) -> None:
     for directory in reversed(created):
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same inode when both exist (symlinks, hard links, ``./``),
+    else the same resolved path (a file not written yet)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def refuse_overwriting_inputs(out: str | os.PathLike[str], inputs: Sequence[tuple[str, str | None]], *,
+                              option: str = "--out") -> None:
+    """A one-line error when the output ``out`` is one of the command's input files (``(option, path)``
+    pairs; None or a name that is not a file, such as a built-in model, is skipped): writing it would
+    replace what the command read."""
+    for name, path in inputs:
+        if path and os.path.isfile(path) and same_file(out, path):
+            raise XauditError(f"{option} {str(out)!r} is the same file as {name} {path!r}, which writing it would "
+                              f"replace: pass another {option} path")

@@ -34,6 +34,7 @@ from ._atomic import (
     atomic_write_text,
     prepare_out_dir,
     prepare_out_file,
+    refuse_overwriting_inputs,
     regular_file_target,
     remove_created_dirs,
 )
@@ -245,8 +246,14 @@ def report_context(args: argparse.Namespace, progress: Progress | None) -> Repor
                            progress=progress, memory_budget=budget, quality=args.quality)
 
 
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The files a command reads (built-in model and dataset names are not files, and are skipped)."""
+    return [("--model", args.model), ("--data", args.data), ("--state-dict", args.state_dict)]
+
+
 def _run_train(args: argparse.Namespace) -> int:
     progress = _printer(args.quiet)
+    refuse_overwriting_inputs(args.out, _inputs(args))
     created = prepare_out_file(args.out)
     with _cleanup_on_failure(created):
         resolve_device(args.device)  # validated for consistency; training runs where the model lives
@@ -297,7 +304,9 @@ def _run_explain(args: argparse.Namespace) -> int:
         raise XauditError(f"--out {args.out!r} must be an .npz file (attributions, inputs, targets); the cost goes "
                           f"next to it as .json: use e.g. {str(fix)!r}")
     cost_path = out.with_suffix(".json")  # a.npz or a.NPZ -> a.json
-    created = prepare_out_file(out)
+    refuse_overwriting_inputs(out, _inputs(args))
+    refuse_overwriting_inputs(cost_path, _inputs(args), option="--out's cost file")
+    created = prepare_out_file(out, example="attributions.npz")
     with _cleanup_on_failure(created):
         regular_file_target(cost_path, option="--out's cost file")
         (name,) = resolve_methods([args.method])

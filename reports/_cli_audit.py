@@ -20,7 +20,7 @@ from xaudit.models._data import DATASETS
 from xaudit.models._errors import XauditError
 from xaudit.models._nets import MODELS
 
-from ._atomic import atomic_write_text, prepare_out_dir, prepare_out_file
+from ._atomic import atomic_write_text, prepare_out_dir, prepare_out_file, same_file
 from ._audit import AuditSection, audit
 from ._audit_policy import load_policy
 from ._cli import REPORT_FILES, _cleanup_on_failure, _printer, add_report_options, report_context
@@ -111,7 +111,7 @@ def read_report_json(path: str) -> dict[str, Any]:
     if not file.is_file():
         raise XauditError(f"--report {path!r} is not a file: pass the report.json that `xaudit report` wrote")
     try:
-        content = json.loads(file.read_text(encoding="utf-8"))
+        content = json.loads(file.read_text(encoding="utf-8-sig"))  # a BOM from an editor is not an error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise XauditError(f"--report {path!r} is not readable JSON ({exc}): pass the report.json that "
                           "`xaudit report` wrote") from None
@@ -124,15 +124,6 @@ def read_report_json(path: str) -> dict[str, Any]:
         raise XauditError(f"--report {path!r} is {what + ', ' if what else ''}not an xaudit report.json (no "
                           f"{'/'.join(map(repr, missing))}): pass the report.json that `xaudit report` wrote")
     return content
-
-
-def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Whether ``a`` and ``b`` are one file: the same inode when both exist (symlinks, hard links, ``./``),
-    else the same resolved path (a file not written yet)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -151,19 +142,19 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise XauditError(f"--junit {args.junit!r} is a directory: pass a file path inside it, "
                               f"e.g. {str(junit / example)!r}")
         for option, path in inputs:
-            if _same_file(junit, path):
+            if same_file(junit, path):
                 raise XauditError(f"--junit {args.junit!r} is the same file as {option} {path!r}, which writing "
                                   f"the JUnit XML would overwrite: pass another --junit path, e.g. {example!r}")
-        if args.out and _same_file(junit, args.out):
+        if args.out and same_file(junit, args.out):
             raise XauditError(f"--junit {args.junit!r} and --out {args.out!r} name the same path, but --out is "
                               f"the report's directory: pass a --junit file, e.g. {str(Path(args.out) / example)!r}")
         for name, path in out_files:
-            if _same_file(junit, path):
+            if same_file(junit, path):
                 raise XauditError(f"--junit {args.junit!r} is the {name} that --out {args.out!r} writes: pass "
                                   f"another --junit path, e.g. {example!r}")
     for name, path in out_files:
         for option, source in inputs:
-            if _same_file(path, source):
+            if same_file(path, source):
                 raise XauditError(f"--out {args.out!r} would write {name} over {option} {source!r}: choose "
                                   "another --out directory")
 

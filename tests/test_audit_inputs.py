@@ -282,3 +282,13 @@ def test_cli_names_a_nan_in_an_edited_report(tmp_path: Path, capsys: pytest.Capt
     policy.write_text(_check("metrics.test_accuracy", "min", "0.5"), encoding="utf-8")
     code, out, _ = run_cli(["audit", "--report", path, "--policy", policy], capsys)
     assert code == 1 and "metrics.test_accuracy is NaN in report.json" in out and "null" not in out
+
+
+def test_a_report_json_saved_with_a_bom_is_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # some editors save UTF-8 with a byte-order mark; it was "not readable JSON"
+    report = tmp_path / "report.json"
+    report.write_bytes(b"\xef\xbb\xbf" + json.dumps(_report()).encode())
+    policy = tmp_path / "gate.toml"
+    policy.write_text(_check("metrics.test_accuracy", "min", "0.5"), encoding="utf-8")
+    code, _, err = run_cli(["audit", "--report", report, "--policy", policy], capsys)
+    assert code == 0, err

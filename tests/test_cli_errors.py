@@ -269,3 +269,29 @@ def test_explain_shap_on_a_one_sample_test_file_says_there_is_no_background(
     message = assert_one_line_error(code, err, "shap_kernel needs background data and there is none", "x_train")
     assert "cannot explain" not in message
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_explain_out_over_its_data_file_is_refused(tmp_path: Path, cnn_file: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_npz(tmp_path / "data.npz")
+    before = data.read_bytes()
+    code, _, err = run_cli(["explain", "--model", cnn_file, "--data", data, "--method", "saliency", "--out",
+                            tmp_path / "." / "data.npz", "-q"], capsys)
+    assert_one_line_error(code, err, "is the same file as --data", "pass another --out path")
+    assert data.read_bytes() == before and not (tmp_path / "data.json").exists()
+
+
+def test_train_out_over_its_model_file_is_refused(tmp_path: Path, cnn_file: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    before = cnn_file.read_bytes()
+    link = tmp_path / "link.pt"
+    link.symlink_to(cnn_file)
+    code, _, err = run_cli(["train", "--model", cnn_file, "--data", "digits", "--out", link, "-q"], capsys)
+    assert_one_line_error(code, err, "is the same file as --model")
+    assert cnn_file.read_bytes() == before
+
+
+def test_explain_out_as_a_directory_suggests_an_npz_name(tmp_path: Path, cnn_file: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["explain", "--model", cnn_file, "--method", "saliency", "--out", tmp_path], capsys)
+    assert_one_line_error(code, err, repr(str(tmp_path / "attributions.npz")))
