@@ -8,7 +8,7 @@ from __future__ import annotations
 from ._augment import AUGMENTATIONS, Augmentation
 from ._cache import cached_train, default_cache_dir
 from ._data import DATASETS, Dataset, load_dataset
-from ._errors import UnsafeModelFileError, XauditError, did_you_mean
+from ._errors import UnsafeModelFileError, XauditError, XauditWarning, did_you_mean
 from ._io import LoadedModel, load_model, save_model
 from ._nets import MODELS, ModelSpec, build_model, count_parameters, model_kind
 from ._recipes import reference_config
@@ -37,6 +37,7 @@ __all__ = [
     "TrainResult",
     "UnsafeModelFileError",
     "XauditError",
+    "XauditWarning",
     "build_model",
     "cached_train",
     "check_inputs",

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ._data import Dataset
-from ._errors import XauditError
+from ._errors import XauditError, XauditWarning
 from ._io import LoadedModel, load_model, save_model, xaudit_version
 from ._train import EpochRecord, TrainConfig, train_model
 
@@ -76,7 +76,7 @@ def cached_train(
         save_model(result.model, path, dataset=dataset.name, train_config=config, history=result.history)
     except (OSError, XauditError) as exc:
         # the trained model is still good; a read-only or full cache should not cost the user the run
-        warnings.warn(f"could not write the model cache {str(path)!r}: {exc}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"could not write the model cache {str(path)!r}: {exc}", XauditWarning, stacklevel=2)
     return LoadedModel(result.model, str(path), model_name, dataset.name, config, result.history)
 
 

@@ -7,6 +7,7 @@ import functools
 import io
 import os
 import random
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._errors import XauditError, did_you_mean
+from ._errors import XauditError, XauditWarning, did_you_mean
 
 DATASETS: tuple[str, ...] = ("digits", "digits-seq", "mnist1d")
 """Names :func:`load_dataset` accepts besides ``.npz`` paths."""
@@ -305,6 +306,10 @@ def _check_x(label: str, key: str, x: np.ndarray, dtype: np.dtype = np.dtype(np.
             f"data {key!r} in {label!r} has shape {x.shape}, which looks channels-last (N×H×W×C): "
             "save images as N×C×H×W, e.g. x.transpose(0, 3, 1, 2)"
         )
+    if x.dtype == np.uint8 and x.size and int(x.max()) > 1:
+        warnings.warn(f"data {key!r} in {label!r} is uint8 (values up to {int(x.max())}): it is fed to the model "
+                      "unscaled; if the model was trained on floats in 0..1, save x / 255 as float32",
+                      XauditWarning, stacklevel=2)
     x = x.astype(dtype)
     # counted after the cast, so float64 values too large for float32 show up as Inf here
     bad = int(x.size - np.count_nonzero(np.isfinite(x)))

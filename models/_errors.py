@@ -13,6 +13,11 @@ class XauditError(Exception):
     """
 
 
+class XauditWarning(RuntimeWarning):
+    """A notice about the user's input or environment that does not stop the run (uint8 images fed unscaled,
+    a cache that could not be written). The CLI prints it as one line ``xaudit: warning: <message>``."""
+
+
 class UnsafeModelFileError(XauditError):
     """A model file holds pickled Python objects and the caller did not opt in to trusting it."""
 

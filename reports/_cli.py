@@ -14,6 +14,7 @@ import io
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -27,7 +28,7 @@ from xaudit.models._data import DATASETS
 from xaudit.models._layout import CHANNELS_FIRST
 from xaudit.models._nets import MODELS, ModelSpec
 from xaudit.models._train import TrainConfig, train_model
-from xaudit.models._errors import XauditError
+from xaudit.models._errors import XauditError, XauditWarning
 
 from ._atomic import (
     atomic_write,
@@ -353,6 +354,31 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``xaudit`` with ``argv`` (default: the command line); returns the exit code."""
+    with _cli_warnings():
+        return _main(argv)
+
+
+@contextmanager
+def _cli_warnings() -> Iterator[None]:
+    """xaudit's own warnings as one line ``xaudit: warning: …`` (Python's format adds the file, the line number
+    and the source line); everyone else's as before."""
+    saved = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if issubclass(category, XauditWarning):
+            print(f"xaudit: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+        else:
+            saved(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

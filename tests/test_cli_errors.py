@@ -295,3 +295,15 @@ def test_explain_out_as_a_directory_suggests_an_npz_name(tmp_path: Path, cnn_fil
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["explain", "--model", cnn_file, "--method", "saliency", "--out", tmp_path], capsys)
     assert_one_line_error(code, err, repr(str(tmp_path / "attributions.npz")))
+
+
+def test_xaudits_warnings_are_one_line_on_the_command_line(tmp_path: Path, cnn_file: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    data = image_npz(tmp_path / "u8.npz", x_test=(rng.random((4, 1, 8, 8)) * 255).astype(np.uint8),
+                     y_test=np.arange(4) % 3)
+    code, _, err = run_cli(["explain", "--model", cnn_file, "--data", data, "--method", "saliency", "--out",
+                            tmp_path / "a.npz", "-q"], capsys)
+    assert code == 0, err
+    assert err.splitlines() == [next(line for line in err.splitlines() if line.startswith("xaudit: warning: "))]
+    assert "is uint8" in err and ".py" not in err

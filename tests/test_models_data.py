@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from xaudit.models import DATASETS, Dataset, XauditError, load_dataset
+from xaudit.models import DATASETS, Dataset, XauditError, XauditWarning, load_dataset
 
 
 def _one_line(exc: pytest.ExceptionInfo[XauditError]) -> str:
@@ -206,3 +208,16 @@ def test_npz_label_beyond_int64_is_not_wrapped_to_negative(tmp_path, labels):
         load_dataset(path)
     message = _one_line(exc)
     assert f"label {int(labels.max())}, too large for a class index" in message and "negative" not in message
+
+
+def test_uint8_images_are_read_unscaled_with_a_warning(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.random((4, 1, 8, 8)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "u8.npz", x_test=x, y_test=np.arange(4) % 2)
+    with pytest.warns(XauditWarning, match=r"'x_test' .* is uint8 \(values up to \d+\): .*save x / 255"):
+        data = load_dataset(tmp_path / "u8.npz")
+    assert torch.equal(data.x_test, torch.from_numpy(x.astype(np.float32)))  # unscaled: we cannot know the range
+    np.savez(tmp_path / "mask.npz", x_test=(x > 127).astype(np.uint8), y_test=np.arange(4) % 2)  # 0/1: no notice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", XauditWarning)
+        load_dataset(tmp_path / "mask.npz")
