@@ -268,6 +268,12 @@ def _load_npz(path: Path, dtype: torch.dtype = torch.float32) -> Dataset:
                 f"data file {label!r} has {len(names)} class_names but labels up to {n_classes - 1}: "
                 f"give one name per class 0..{n_classes - 1}"
             )
+        seen: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in seen:  # the report, its figures and the audit would not tell the classes apart
+                raise XauditError(f"data file {label!r} names classes {seen[name]} and {i} both {name!r}: give "
+                                  "each class its own name in class_names")
+            seen[name] = i
     else:
         if n_classes > MAX_UNNAMED_CLASSES:
             key, top = ("y_test", top_test) if top_test >= top_train else ("y_train", top_train)

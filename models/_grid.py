@@ -78,6 +78,10 @@ def _augment(value: Any) -> tuple[str, ...]:
     for name in parts:
         if name not in known:
             raise did_you_mean("augmentation", name, known)
+    twice = sorted({p for p in parts if parts.count(p) > 1})
+    if twice:
+        raise XauditError(f"augmentation {'+'.join(parts)!r} names {', '.join(twice)} more than once: name each "
+                          "augmentation once (its strength is its own setting)")
     return tuple(p for p in parts if p != "none")
 
 

@@ -221,3 +221,10 @@ def test_uint8_images_are_read_unscaled_with_a_warning(tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", XauditWarning)
         load_dataset(tmp_path / "mask.npz")
+
+
+def test_two_classes_with_one_name_are_refused(tmp_path) -> None:
+    np.savez(tmp_path / "dup.npz", x_test=np.zeros((3, 1, 4, 4), np.float32), y_test=np.array([0, 1, 2]),
+             class_names=np.array(["cat", "dog", "cat"]))
+    with pytest.raises(XauditError, match=r"names classes 0 and 2 both 'cat'"):
+        load_dataset(tmp_path / "dup.npz")

@@ -74,6 +74,13 @@ def test_image_only_augmentation_on_sequences_is_refused() -> None:
         grid_points(parse_grid(["augment=rotation"]), TrainConfig(), "sequence")
 
 
+def test_an_augmentation_named_twice_in_one_value_is_refused() -> None:
+    with pytest.raises(XauditError, match=r"'shift\+noise\+shift' names shift more than once") as err:
+        parse_grid(["augment=none,shift+noise+shift"])
+    assert "\n" not in str(err.value)
+    assert parse_grid(["augment=shift+noise"])  # each once is fine
+
+
 def test_every_knob_is_a_training_setting_or_the_train_fraction() -> None:
     fields = set(TrainConfig.__dataclass_fields__)
     assert set(KNOBS) - {"train_fraction"} <= fields
