@@ -54,12 +54,23 @@ ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 # Names of torch functions that are nonlinearities when called outside an activation module.
+#: Functions that compute a ReLU (or a clipped one) without an activation module.
+RELU_LIKE_FUNCTIONS = frozenset({
+    "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "clip", "clip_", "maximum",
+    "minimum", "fmax", "fmin", "threshold", "threshold_", "_threshold",
+})
 NONLINEAR_FUNCTIONS = frozenset({
     "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "prelu", "elu", "elu_", "selu", "celu", "gelu",
     "silu", "mish", "sigmoid", "sigmoid_", "tanh", "tanh_", "softplus", "hardtanh", "hardtanh_",
     "hardswish", "hardsigmoid", "softmax", "log_softmax", "max_pool1d", "max_pool2d", "max_pool3d",
     "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
     "_max_pool1d", "_max_pool2d", "_max_pool3d",
+    # ReLU and its kin written without F.relu: x.clamp(min=0), torch.maximum(x, zero), F.threshold. The model
+    # computes the same, but no activation module sees it, so DeepLift's rescale rule and guided backprop's
+    # clamp are skipped there and the maps come out silently wrong (completeness off by 0.085 on a digits CNN)
+    *RELU_LIKE_FUNCTIONS,
+    # absolute value and max reductions (a global max pool written as x.amax((2, 3))): piecewise-linear, no rule
+    "abs", "abs_", "amax", "amin", "max", "min",
 })
 
 

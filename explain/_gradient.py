@@ -18,7 +18,8 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer, _call_with_shape, get_explainer
-from ._compat import ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, cached_hook_safe_copy, copy_refusal, library
+from ._compat import (ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, RELU_LIKE_FUNCTIONS, cached_hook_safe_copy, copy_refusal,
+                      library)
 from ._model_call import target_gradient
 from ._rescale import RESCALE_MODULES, rescale_ready, rescale_rule
 
@@ -380,7 +381,7 @@ class GuidedBackprop(_HookRuleExplainer):
     recurrent_reason = ("guided backprop changes the backward pass of ReLU modules only; nn.GRU/nn.LSTM "
                         "have none (their gates are fused sigmoid/tanh ops), so it would return the plain "
                         "gradient under another name")
-    rule_functions = frozenset({"relu", "relu_"})
+    rule_functions = frozenset({"relu", "relu_"}) | RELU_LIKE_FUNCTIONS
     # clamping a gradient needs nothing from the forward pass, so a ReLU may run at several places
     rule_keeps_state = False
 
