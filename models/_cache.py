@@ -66,7 +66,7 @@ def cached_train(
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(dataset.name).stem)[:40]
     path = directory / f"{model_name}-{slug}-{cache_key(model_name, dataset, config)[:24]}.pt"
-    hit = _load_entry(path, model_name)
+    hit = _load_entry(path, model_name, dataset, config)
     if hit is not None:
         return hit
 
@@ -80,12 +80,21 @@ def cached_train(
     return LoadedModel(result.model, str(path), model_name, dataset.name, config, result.history)
 
 
-def _load_entry(path: Path, model_name: str) -> LoadedModel | None:
-    """The cached model at ``path``, or ``None`` if there is none or it can't be trusted to be the right one."""
+def _load_entry(path: Path, model_name: str, dataset: Dataset, config: TrainConfig) -> LoadedModel | None:
+    """The cached model at ``path``, or ``None`` if there is none or it can't be trusted to be the right one:
+    a valid model file of another training (another dataset, class count, input shape or recipe) copied or
+    left under this key is retrained over, like a corrupt one, not reused (it gave a 100-class model and a
+    test accuracy of 0 on digits)."""
     if not path.is_file():
         return None
     try:
         hit = load_model(path)
     except XauditError:
         return None  # truncated, corrupt or foreign: the caller retrains and overwrites it
-    return hit if hit.name == model_name and getattr(hit.model, "spec", None) is not None else None
+    spec = getattr(hit.model, "spec", None)
+    if hit.name != model_name or spec is None:
+        return None
+    same = (hit.dataset == dataset.name and tuple(spec.input_shape) == tuple(dataset.input_shape)
+            and spec.n_classes == dataset.n_classes and hit.train_config is not None
+            and hit.train_config.to_dict() == config.to_dict())
+    return hit if same else None

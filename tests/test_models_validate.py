@@ -108,6 +108,23 @@ def test_corrupt_cache_entry_is_retrained(tmp_path):
     assert entry.read_bytes()[:2] == b"PK"  # rewritten as a real model file
 
 
+def test_a_valid_model_of_another_training_under_a_key_is_retrained(tmp_path):
+    # e.g. a cache file copied by hand: a valid xaudit cnn, but of another dataset, class count and recipe
+    data = load_dataset("digits").subset(64, 16)
+    config = TrainConfig(epochs=1, val_fraction=0.0)
+    first = cached_train("cnn", data, config, cache_dir=tmp_path)
+    (entry,) = tmp_path.glob("*.pt")
+    other = load_dataset("digits").subset(32, 16)
+    stranger = tmp_path / "other"
+    stranger.mkdir()
+    cached_train("cnn", other, TrainConfig(epochs=1, val_fraction=0.0, seed=5), cache_dir=stranger)
+    (foreign,) = stranger.glob("*.pt")
+    entry.write_bytes(foreign.read_bytes())
+    again = cached_train("cnn", data, config, cache_dir=tmp_path)
+    assert again.train_config == config
+    assert torch.equal(again.model(data.x_test), first.model(data.x_test))  # retrained, deterministically
+
+
 def test_default_cache_dir_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("XAUDIT_CACHE_DIR", str(tmp_path / "a"))
     assert _cache.default_cache_dir() == tmp_path / "a"
