@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import math
 import os
 import resource
 import sys
@@ -22,8 +23,28 @@ from typing import Any
 
 import torch
 
-#: Assumed power of one fully busy CPU core, used only when no energy counter is readable.
-ESTIMATED_WATTS_PER_CORE = float(os.environ.get("XAUDIT_WATTS_PER_CORE", "12.0"))
+#: Assumed power of one fully busy CPU core, used only when no energy counter is readable (the default of
+#: :func:`watts_per_core`; the environment variable ``XAUDIT_WATTS_PER_CORE`` overrides it).
+ESTIMATED_WATTS_PER_CORE = 12.0
+
+
+def watts_per_core() -> float:
+    """The per-core power of the ``estimate`` energy source: ``XAUDIT_WATTS_PER_CORE`` if set (a positive,
+    finite number of watts), else :data:`ESTIMATED_WATTS_PER_CORE`. A bad value is a one-line error, not a
+    traceback at import or a negative or missing energy figure."""
+    text = os.environ.get("XAUDIT_WATTS_PER_CORE")
+    if text is None or not text.strip():
+        return ESTIMATED_WATTS_PER_CORE
+    try:
+        watts = float(text)
+    except ValueError:
+        watts = math.nan
+    if not (math.isfinite(watts) and watts > 0):
+        from xaudit.models._errors import XauditError
+
+        raise XauditError(f"XAUDIT_WATTS_PER_CORE={text!r} is not a positive number of watts: set it to one "
+                          f"core's power, e.g. 15, or unset it for the default {ESTIMATED_WATTS_PER_CORE:g}")
+    return watts
 
 _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
@@ -254,6 +275,7 @@ class CostMeter:
         self._hwm_seen = 0
 
     def __enter__(self) -> CostMeter:
+        self._watts = watts_per_core()  # a bad setting fails before the work, not after
         self._cuda = self.device.type == "cuda" and torch.cuda.is_available()
         self._rapl = _rapl() if self.device.type == "cpu" else None
         self._nvml_start = _nvml_energy_mj(self.device) if self._cuda else None
@@ -296,7 +318,7 @@ class CostMeter:
         elif self._nvml_start is not None and (end := _nvml_energy_mj(self.device)) is not None:
             energy, source = (end - self._nvml_start) / 1e3, "nvml"
         else:
-            energy, source = cpu * ESTIMATED_WATTS_PER_CORE, "estimate"
+            energy, source = cpu * self._watts, "estimate"
 
         flops = None
         if self.flops_per_eval is not None:

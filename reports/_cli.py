@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from xaudit.explain import available_methods, parse_bytes
+from xaudit.explain._cost import watts_per_core
 from xaudit.models._data import DATASETS
 from xaudit.models._layout import CHANNELS_FIRST
 from xaudit.models._nets import MODELS, ModelSpec
@@ -385,6 +386,7 @@ def _main(argv: list[str] | None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors: keep argparse's code, return it
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
+        watts_per_core()  # the environment's energy setting, checked before any work
         return int(args.run(args))
     except XauditError as exc:
         print(f"xaudit: error: {_one_line(exc)}", file=sys.stderr)

@@ -16,7 +16,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
-from xaudit.explain._cost import ESTIMATED_WATTS_PER_CORE
+from xaudit.explain._cost import watts_per_core
 
 from . import _figures
 from ._build import MethodResult, ReportContext
@@ -192,7 +192,7 @@ class CostSection(Section):
             "memory": _memory_note({c["memory_source"] for c in costs}),
             "flops": "forward + input-gradient backward FLOPs of one sample × the counted model evaluations",
             "energy_sources": energy_sources,
-            "watts_per_core_estimate": ESTIMATED_WATTS_PER_CORE if "estimate" in energy_sources else None,
+            "watts_per_core_estimate": watts_per_core() if "estimate" in energy_sources else None,
             "figures": {"matplotlib": _version("matplotlib"), "seaborn": _version("seaborn"),
                         "jinja2": _version("jinja2"), "dpi": _figures.DPI,
                         "how": "drawn headless with matplotlib's Agg canvas and embedded as base64 PNG data: URIs"},

@@ -307,3 +307,28 @@ def test_xaudits_warnings_are_one_line_on_the_command_line(tmp_path: Path, cnn_f
     assert code == 0, err
     assert err.splitlines() == [next(line for line in err.splitlines() if line.startswith("xaudit: warning: "))]
     assert "is uint8" in err and ".py" not in err
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "nan", "inf"])
+def test_a_bad_watts_setting_is_one_line_before_any_work(value: str, tmp_path: Path, cnn_file: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # parsed at import before: 'abc' crashed every command (even --help) with a traceback, -5 gave negative joules
+    monkeypatch.setenv("XAUDIT_WATTS_PER_CORE", value)
+    out = tmp_path / "a.npz"
+    code, _, err = run_cli(["explain", "--model", cnn_file, "--method", "saliency", "--out", out, "-q"], capsys)
+    assert_one_line_error(code, err, f"XAUDIT_WATTS_PER_CORE={value!r} is not a positive number of watts")
+    assert not out.exists()
+
+
+def test_the_watts_setting_scales_the_estimated_energy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xaudit.explain import explain
+
+    model, x = build_model("cnn", (1, 8, 8), 10, seed=0), torch.rand(4, 1, 8, 8)
+    monkeypatch.setenv("XAUDIT_WATTS_PER_CORE", "20")
+    cost = explain(model, x, method="saliency").cost
+    if cost.energy_source == "estimate":
+        assert cost.energy_j == pytest.approx(cost.cpu_s * 20)
+    monkeypatch.setenv("XAUDIT_WATTS_PER_CORE", "-1")
+    with pytest.raises(Exception, match="not a positive number of watts"):
+        explain(model, x, method="saliency")
