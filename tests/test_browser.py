@@ -105,3 +105,40 @@ def test_report_opens_offline_without_errors_and_shows_hostile_names_as_text(
     shot = browser.screenshot(page, _screenshot_dir(tmp_path) / "report-hostile-names.png")
     width, height = _png_size(shot)
     assert width == browser.width and height > 500
+
+
+_WIDER_THAN_WINDOW = """(() => {
+    const wide = [];
+    for (const e of document.querySelectorAll("table, img, figure, .cards"))
+        if (e.getBoundingClientRect().right > window.innerWidth + 1)
+            wide.push(e.tagName + " in " + ((e.closest("section") || {}).id || "?"));
+    return [document.documentElement.scrollWidth, wide];
+})()"""
+
+
+def test_long_class_names_and_print_fit_the_page(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # a class name without spaces made tables 2,000-4,000 px wide (the whole page scrolled sideways), and in
+    # print the quality table was 1,331 px on A4 (794 px), its verdicts cut mid-word
+    if find_chromium() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Chromium is not installed: the browser check must run in CI")
+        pytest.skip("Chromium is not installed")
+    folder = tmp_path_factory.mktemp("long")
+    names = np.array(["x" * 300, "y" * 200, "z"])
+    data = image_npz(folder / "long.npz", class_names=names)
+    out = folder / "report"
+    assert main(["report", "--data", str(data), "--epochs", "1", "--n-explain", "3", "--methods",
+                 "saliency,occlusion", "--quality", "fast", "--no-cache", "--out", str(out), "-q"]) == 0
+    with Browser(timeout_s=60, width=1200) as screen:
+        page = screen.open(out / "report.html")
+        width, wide = screen.evaluate(page, _WIDER_THAN_WINDOW)
+        assert width <= 1200 and wide == [], wide
+    with Browser(timeout_s=60, width=794) as paper:
+        page = paper.open(out / "report.html")
+        paper.send("Emulation.setEmulatedMedia", {"media": "print"}, session_id=page.session_id)
+        width, wide = paper.evaluate(page, _WIDER_THAN_WINDOW)
+        assert width <= 794 and wide == [], wide
+        shown = paper.evaluate(page, "document.querySelectorAll('.method-page').length === "
+                                     "Array.from(document.querySelectorAll('.method-page'))"
+                                     ".filter(p => getComputedStyle(p).display !== 'none').length")
+        assert shown  # every method page prints
