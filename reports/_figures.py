@@ -12,10 +12,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from xaudit.models._errors import XauditWarning
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -48,10 +51,27 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def to_data_uri(fig: Figure) -> str:
-    """The figure as a ``data:image/png;base64,...`` URI (self-contained; nothing to fetch)."""
+    """The figure as a ``data:image/png;base64,...`` URI (self-contained; nothing to fetch).
+
+    Characters the figure font lacks (CJK, emoji in class names) are drawn as boxes; matplotlib warns once per
+    glyph with its own file path, so those warnings become one line per report (:data:`_GLYPHS_SAID`)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message=r"Glyph \d+ .*missing from", category=UserWarning)
+        fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    for w in caught:
+        if "missing from" in str(w.message) and "Glyph" in str(w.message):
+            if not _GLYPHS_SAID:
+                _GLYPHS_SAID.append(True)
+                warnings.warn("some characters of the labels (class names?) are not in the figures' font and show "
+                              "as boxes there; the report's text shows them as they are", XauditWarning,
+                              stacklevel=2)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_GLYPHS_SAID: list[bool] = []
 
 
 def training_curves(history: Sequence[Mapping[str, Any]]) -> str:

@@ -66,3 +66,4 @@ def test_the_html_says_where_the_background_came_from() -> None:
                           n_explain=2, quality="none")
     text = " ".join(report.to_html().split())
     assert "were given 4 samples from the test split, the explained samples left out" in text
+
