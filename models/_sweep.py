@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,6 +99,14 @@ def _warm_up() -> None:
     """Pay once per process what the first trial would otherwise be billed for: torch.optim's first step
     imports torch._dynamo (its steps are wrapped in ``torch._disable_dynamo``), ~1-4 s here."""
     import torch._dynamo  # noqa: F401
+
+
+def portable_trial(task: TrialTask, dataset: Dataset) -> tuple[TrialResult, dict[str, np.ndarray] | None]:
+    """:func:`run_trial` with the weights as numpy arrays, which a pool worker pickles by value. Tensors would
+    travel by torch's file-descriptor sharing, whose listener leaves a ``/tmp/pymp-*`` directory behind for
+    every worker ended by Ctrl-C (its exit handlers never run)."""
+    trial, weights = run_trial(task, dataset)
+    return trial, None if weights is None else {k: v.numpy() for k, v in weights.items()}
 
 
 def run_trial(task: TrialTask, dataset: Dataset) -> tuple[TrialResult, dict[str, torch.Tensor] | None]:
@@ -245,15 +254,16 @@ def run_sweep(
         progress(f"sweep of {len(points)} points × {repeats} repeats on {dataset.name} "
                  f"({len(todo)} trials to train on {runner.name}{resumed})")
 
-    def on_result(i: int, outcome: tuple[TrialResult, dict[str, torch.Tensor] | None]) -> None:
-        trial, weights = outcome
+    def on_result(i: int, outcome: tuple[TrialResult, dict[str, np.ndarray] | None]) -> None:
+        trial, arrays = outcome
+        weights = None if arrays is None else {k: torch.from_numpy(v) for k, v in arrays.items()}
         if root is not None:
             write_trial(root, trial, weights)
         finished[trial.key] = trial
         if progress:
             progress(_describe_trial(points[trial.point_index], trial, len(finished), len(tasks)))
 
-    runner.run(run_trial, todo, dataset, on_result)
+    runner.run(portable_trial, todo, dataset, on_result)
     return SweepResult(
         model=model, data=dataset.name, data_fingerprint=fingerprint, grid=parsed, base_config=base,
         points=points, trials=tuple(finished[t.key] for t in tasks), repeats=int(repeats), seed=int(seed),

@@ -94,3 +94,42 @@ def test_a_dead_worker_is_a_clear_error_not_a_broken_pool(tmp_path) -> None:
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert "XauditError: a sweep worker process died" in proc.stdout, proc.stderr[-2000:]
     assert '`if __name__ == "__main__":`' in proc.stdout and "--resume" in proc.stdout
+
+
+class _Recording(SequentialBackend):
+    """Runs trials here and keeps what each returned, as a pool worker would send it back."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[object] = []
+
+    def run(self, fn, tasks, shared, on_result) -> None:  # type: ignore[no-untyped-def]
+        def keep(i: int, outcome: object) -> None:
+            self.outcomes.append(outcome)
+            on_result(i, outcome)
+
+        super().run(fn, tasks, shared, keep)
+
+
+def test_trial_results_cross_processes_without_torch_tensors(tmp_path) -> None:
+    # a torch tensor travels between processes by file-descriptor sharing, whose listener left a /tmp/pymp-*
+    # directory behind in every worker that Ctrl-C ended: trials send their weights as numpy arrays
+    import torch
+
+    backend = _Recording()
+    result = run_sweep("cnn", "digits", ["weight_decay=0,1e-3"], base=TrainConfig(epochs=1), n_train=60,
+                       n_test=30, backend=backend, run_dir=tmp_path / "run", keep_models=True)
+    assert len(backend.outcomes) == 2
+
+    def tensors(value: object) -> int:
+        if isinstance(value, torch.Tensor):
+            return 1
+        if isinstance(value, dict):
+            return sum(tensors(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(tensors(v) for v in value)
+        return 0
+
+    assert all(tensors(outcome) == 0 for outcome in backend.outcomes)
+    assert all(outcome[1] for outcome in backend.outcomes)  # the weights were sent, as arrays
+    assert sorted(p.name for p in (tmp_path / "run" / "models").glob("*.pt")) == ["p000-r00.pt", "p001-r00.pt"]
+    assert result.points
