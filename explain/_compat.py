@@ -53,12 +53,12 @@ ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
     nn.LogSoftmax, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
 )
 
-# Names of torch functions that are nonlinearities when called outside an activation module.
 #: Functions that compute a ReLU (or a clipped one) without an activation module.
 RELU_LIKE_FUNCTIONS = frozenset({
     "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "clip", "clip_", "maximum",
     "minimum", "fmax", "fmin", "threshold", "threshold_", "_threshold",
 })
+#: Names of torch functions that are nonlinearities when called outside an activation module.
 NONLINEAR_FUNCTIONS = frozenset({
     "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "prelu", "elu", "elu_", "selu", "celu", "gelu",
     "silu", "mish", "sigmoid", "sigmoid_", "tanh", "tanh_", "softplus", "hardtanh", "hardtanh_",

@@ -18,8 +18,14 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, CountingModel, Explainer, _call_with_shape, get_explainer
-from ._compat import (ACTIVATION_MODULES, NONLINEAR_FUNCTIONS, RELU_LIKE_FUNCTIONS, cached_hook_safe_copy, copy_refusal,
-                      library)
+from ._compat import (
+    ACTIVATION_MODULES,
+    NONLINEAR_FUNCTIONS,
+    RELU_LIKE_FUNCTIONS,
+    cached_hook_safe_copy,
+    copy_refusal,
+    library,
+)
 from ._model_call import target_gradient
 from ._rescale import RESCALE_MODULES, rescale_ready, rescale_rule
 

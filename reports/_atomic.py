@@ -89,11 +89,12 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
 
 
 def refuse_overwriting_inputs(out: str | os.PathLike[str], inputs: Sequence[tuple[str, str | None]], *,
-                              option: str = "--out") -> None:
+                              option: str = "--out", example: str | None = None) -> None:
     """A one-line error when the output ``out`` is one of the command's input files (``(option, path)``
     pairs; None or a name that is not a file, such as a built-in model, is skipped): writing it would
-    replace what the command read."""
+    replace what the command read. ``example``: a file name the error suggests instead."""
     for name, path in inputs:
         if path and os.path.isfile(path) and same_file(out, path):
+            instead = f", e.g. {example!r}" if example else ""
             raise XauditError(f"{option} {str(out)!r} is the same file as {name} {path!r}, which writing it would "
-                              f"replace: pass another {option} path")
+                              f"replace: pass another {option} path{instead}")

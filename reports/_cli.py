@@ -327,7 +327,8 @@ def _run_explain(args: argparse.Namespace) -> int:
                                     progress=progress, memory_budget=budget)
         if result.explanation is None:
             reason = result.reason or "unsupported"
-            raise XauditError(reason if reason.startswith(f"{name} ") else f"{name} cannot explain this model: {reason}")
+            said = reason if reason.startswith(f"{name} ") else f"{name} cannot explain this model: {reason}"
+            raise XauditError(said)
         exp = result.explanation
         summary = {"xaudit_version": xaudit_version(), **exp.to_dict(), "fit_wall_s": result.fit_wall_s,
                    "cost_total": exp.cost.to_dict(), **describe_subject(subject),

@@ -20,7 +20,7 @@ from xaudit.models._data import DATASETS
 from xaudit.models._errors import XauditError
 from xaudit.models._nets import MODELS
 
-from ._atomic import atomic_write_text, prepare_out_dir, prepare_out_file, same_file
+from ._atomic import atomic_write_text, prepare_out_dir, prepare_out_file, refuse_overwriting_inputs, same_file
 from ._audit import AuditSection, audit
 from ._audit_policy import load_policy
 from ._cli import REPORT_FILES, _cleanup_on_failure, _printer, add_report_options, report_context
@@ -141,10 +141,7 @@ def check_outputs(args: argparse.Namespace) -> None:
         if junit.is_dir():
             raise XauditError(f"--junit {args.junit!r} is a directory: pass a file path inside it, "
                               f"e.g. {str(junit / example)!r}")
-        for option, path in inputs:
-            if same_file(junit, path):
-                raise XauditError(f"--junit {args.junit!r} is the same file as {option} {path!r}, which writing "
-                                  f"the JUnit XML would overwrite: pass another --junit path, e.g. {example!r}")
+        refuse_overwriting_inputs(args.junit, inputs, option="--junit", example=example)
         if args.out and same_file(junit, args.out):
             raise XauditError(f"--junit {args.junit!r} and --out {args.out!r} name the same path, but --out is "
                               f"the report's directory: pass a --junit file, e.g. {str(Path(args.out) / example)!r}")

@@ -66,7 +66,8 @@ class _Pair(nn.Module):
         return {"tuple": (logits, x), "list": [logits], "dict": {"logits": logits}}[self.kind]
 
 
-@pytest.mark.parametrize(("kind", "pick"), [("tuple", "model(x)[0]"), ("list", "model(x)[0]"), ("dict", "model(x)[key]")])
+@pytest.mark.parametrize(("kind", "pick"), [("tuple", "model(x)[0]"), ("list", "model(x)[0]"),
+                                            ("dict", "model(x)[key]")])
 def test_tuple_list_and_dict_outputs_say_how_to_wrap_the_model(kind, pick):
     message = _error(_Pair(kind), torch.rand(2, 3))
     assert f"returned a {kind}" in message and f"a module whose forward is {pick}" in message
