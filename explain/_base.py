@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from xaudit.models._errors import XauditError, did_you_mean
+from xaudit.models._walk import one_walk_per_call
 
 from ._cost import Cost, CostMeter, EvalCounter
 from ._flops import flop_profile
@@ -371,6 +372,11 @@ class Explainer:
         are chunked to fit. ``seed`` makes stochastic methods reproducible without touching
         the caller's random state.
         """
+        with one_walk_per_call(self.model):  # the checks below ask about the model ~15 times
+            return self._explain(inputs, target, batch_size=batch_size, seed=seed, memory_budget=memory_budget)
+
+    def _explain(self, inputs: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None, *,
+                 batch_size: int | None, seed: int | None, memory_budget: int | str | None) -> Explanation:
         inputs = self._checked(inputs)
         device = _model_device(self.model)
         counter = EvalCounter()

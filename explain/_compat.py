@@ -28,6 +28,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from xaudit.models._errors import XauditError
+from xaudit.models._walk import modules_of
 
 from ._base import model_guard
 
@@ -242,7 +243,7 @@ _SAFE_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple, nn.M
 def _structure(model: nn.Module) -> tuple:
     """What a hook-safe copy depends on: the module objects, the parameter and buffer objects (shared with the
     copy, so new values in them need no new copy) and the in-place flags."""
-    modules = tuple(model.modules())
+    modules = modules_of(model)
     # each module's own registries, read directly: parameters() and buffers() walk the module tree again each
     # (the three walks were ~0.1 ms per lookup on the 11-module digits CNN)
     tensors = tuple(t for m in modules for registry in (m._parameters, m._buffers) for t in registry.values())

@@ -15,6 +15,7 @@ from torch import nn
 
 from xaudit.models._errors import XauditError
 from xaudit.models._nets import model_kind
+from xaudit.models._walk import modules_of
 
 from ._cost import EvalCounter
 
@@ -53,7 +54,7 @@ def model_guard(model: nn.Module) -> Iterator[None]:
     """
     # only what is switched is switched back: on a model already in eval mode this sets nothing (every
     # Module.__setattr__ counted: ~0.3 ms of a 6 ms saliency call on the digits CNN)
-    training = [m for m in model.modules() if m.training]
+    training = [m for m in modules_of(model) if m.training]
     requires = [p for p in model.parameters() if p.requires_grad]
     if training:
         model.eval()  # through eval(), so models overriding train() get their say

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from xaudit.models._errors import XauditError
+from xaudit.models._walk import modules_of
 
 from ._compat import ACTIVATION_MODULES
 
@@ -51,7 +52,7 @@ SHAP_RESCALE_MODULES: tuple[type[nn.Module], ...] = (*RESCALE_MODULES, nn.SELU, 
 
 def rescale_ready(model: nn.Module, modules: tuple[type[nn.Module], ...]) -> bool:
     """Whether every activation module of ``model`` is an elementwise one the native rule covers."""
-    return all(isinstance(m, modules) for m in model.modules() if isinstance(m, ACTIVATION_MODULES))
+    return all(isinstance(m, modules) for m in modules_of(model) if isinstance(m, ACTIVATION_MODULES))
 
 
 def _local_gradient(module: nn.Module, grad: torch.Tensor, point: torch.Tensor) -> torch.Tensor:

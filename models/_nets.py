@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ._errors import XauditError, did_you_mean
+from ._walk import modules_of
 
 MODELS: tuple[str, ...] = ("cnn", "gru", "lstm")
 """Names :func:`build_model` accepts."""
@@ -187,7 +188,7 @@ def model_kind(model: nn.Module) -> str:
     TorchScript submodules are not ``nn.RNNBase`` instances any more; they keep the class name they were
     scripted or traced from in ``original_name``.
     """
-    for m in model.modules():
+    for m in modules_of(model):
         if isinstance(m, nn.RNNBase) or getattr(m, "original_name", None) in _RECURRENT_NAMES:
             return "rnn"
     return "cnn"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from xaudit.explain import explain
+from xaudit.models import XauditError
 from xaudit.explain._compat import cached_hook_safe_copy
 
 X = torch.rand(3, 1, 6, 6)
@@ -44,3 +46,34 @@ def _copy_of(model: nn.Module) -> nn.Module:
     clone = _net()
     clone.load_state_dict(model.state_dict())
     return clone
+
+
+class _CountingWalks(nn.Sequential):
+    """Counts walks of its own module tree (``modules()``, which the structure checks use); the private copies
+    a call makes, walked by design, are not counted."""
+
+    def modules(self):  # type: ignore[no-untyped-def]
+        if self is _WATCHED[0]:
+            _WATCHED[1] += 1
+        return super().modules()
+
+
+_WATCHED: list = [None, 0]
+
+
+def test_one_call_walks_the_models_tree_once_and_the_next_call_sees_a_changed_model() -> None:
+    torch.manual_seed(0)
+    model = _CountingWalks(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).eval()
+    explain(model, X, method="deeplift", target=0)  # first call: copies and probes the model
+    _WATCHED[:] = [model, 0]
+    native = explain(model, X, method="deeplift", target=0)
+    # the recurrence, rule-coverage, copy-currency and train-mode checks all read one walk
+    assert _WATCHED[1] == 1
+    assert native.cost.forward_evals == len(X) + 1  # the native rule: the baseline once per call
+
+    model[1] = nn.Softmax(dim=1)  # an activation the native rule has no case for: captum's path, 2 rows a sample
+    through_captum = explain(model, X, method="deeplift", target=0)
+    assert through_captum.cost.forward_evals == 2 * len(X)
+    model[1] = nn.GELU()  # one no DeepLift rule covers: refused, not explained with a stale copy
+    with pytest.raises(XauditError, match="GELU"):
+        explain(model, X, method="deeplift", target=0)
