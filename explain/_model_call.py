@@ -55,7 +55,9 @@ def model_guard(model: nn.Module) -> Iterator[None]:
     # only what is switched is switched back: on a model already in eval mode this sets nothing (every
     # Module.__setattr__ counted: ~0.3 ms of a 6 ms saliency call on the digits CNN)
     training = [m for m in modules_of(model) if m.training]
-    requires = [p for p in model.parameters() if p.requires_grad]
+    # from the call's one walk (modules_of); a parameter shared by two modules is listed once, as parameters() does
+    requires = list({id(p): p for m in modules_of(model) for p in m._parameters.values()
+                     if p is not None and p.requires_grad}.values())
     if training:
         model.eval()  # through eval(), so models overriding train() get their say
     for p in requires:
