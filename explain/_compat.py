@@ -28,7 +28,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from xaudit.models._errors import XauditError
-from xaudit.models._walk import modules_of
+from xaudit.models._walk import model_generation
 
 from ._base import model_guard
 
@@ -191,7 +191,9 @@ def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
     its modules, hooks and flags.
     """
     # parameters and buffers are shared, not copied: the copy always computes with the model's current values
+    # and so are tensors kept as plain attributes (a normalisation mean), which the copy must read current too
     memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    memo.update((id(v), v) for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor))
     try:
         safe = copy.deepcopy(model, memo)
     except Exception as err:  # noqa: BLE001 - any failure to copy means we cannot run hooks safely
@@ -235,45 +237,31 @@ def copy_refusal(make_copy: Callable[[torch.Tensor], nn.Module], model: nn.Modul
     return None
 
 
-# Hook-safe copies per model: (the model's structure when copied, rule settings) -> copy. Deep-copying and
+# Hook-safe copies per model: rule settings -> (the model's generation when copied, copy). Deep-copying and
 # probing the model on every call was a third of a 256-sample guided-backprop call on the digits CNN.
-_SAFE_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple, nn.Module]]] = weakref.WeakKeyDictionary()
-
-
-def _structure(model: nn.Module) -> tuple:
-    """What a hook-safe copy depends on: the module objects, the parameter and buffer objects (shared with the
-    copy, so new values in them need no new copy) and the in-place flags."""
-    modules = modules_of(model)
-    # each module's own registries, read directly: parameters() and buffers() walk the module tree again each
-    # (the three walks were ~0.1 ms per lookup on the 11-module digits CNN)
-    tensors = tuple(t for m in modules for registry in (m._parameters, m._buffers) for t in registry.values())
-    return (modules, tensors, tuple(getattr(m, "inplace", None) for m in modules))
-
-
-def _same(a: tuple, b: tuple) -> bool:
-    return all(len(x) == len(y) and all(u is v or (type(u) is bool and u == v) for u, v in zip(x, y))
-               for x, y in zip(a, b))
+_SAFE_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[int, nn.Module]]] = weakref.WeakKeyDictionary()
 
 
 def cached_hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
                           rule_modules: tuple[type[nn.Module], ...] = ACTIVATION_MODULES,
                           functions: frozenset[str] = NONLINEAR_FUNCTIONS,
                           one_call_per_module: bool = True) -> nn.Module:
-    """:func:`hook_safe_copy`, made once per model structure, sample shape and rule, then reused.
+    """:func:`hook_safe_copy`, made once per model generation, sample shape and rule, then reused.
 
-    The copy shares the model's parameter and buffer tensors, so in-place updates (training steps,
-    ``load_state_dict``) reach it; a replaced module, parameter or buffer, or a changed ``inplace`` flag,
-    makes a new copy. Only for rules that leave no state on the copy's modules after a call (captum's remove
-    their hooks and attributes in ``finally`` blocks).
+    The copy shares the model's parameter, buffer and other tensors, so in-place updates (training steps,
+    ``load_state_dict``) reach it; anything else that changes (a module, parameter or buffer replaced, a flag
+    or plain attribute set, a hook added: :func:`~xaudit.models._walk.model_generation`) makes a new copy. Only
+    for rules that leave no state on the copy's modules after a call (captum's remove their hooks and
+    attributes in ``finally`` blocks).
     """
     key = (tuple(sample.shape[1:]), sample.dtype, method, rule_modules, functions, one_call_per_module)
-    structure = _structure(model)
+    generation = model_generation(model)
     per_model = _SAFE_COPIES.setdefault(model, {})
     hit = per_model.get(key)
-    if hit is not None and _same(hit[0], structure):
+    if hit is not None and hit[0] == generation:
         return hit[1]
     safe = hook_safe_copy(model, sample, method, rule_modules=rule_modules, functions=functions,
                           one_call_per_module=one_call_per_module)
     safe.eval()  # once: nothing puts the private copy back in training mode
-    per_model[key] = (structure, safe)
+    per_model[key] = (generation, safe)
     return safe

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from xaudit.models._walk import model_generation
+
 
 @dataclass(frozen=True)
 class FlopProfile:
@@ -50,7 +52,7 @@ def lstm_forward_flops(lstm: nn.LSTM, seq_len: int) -> float:
     return float(total)
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, FlopProfile]] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[int, FlopProfile]]] = weakref.WeakKeyDictionary()
 
 
 def flop_profile(model: nn.Module, sample: torch.Tensor, target: int = 0) -> FlopProfile:
@@ -60,9 +62,11 @@ def flop_profile(model: nn.Module, sample: torch.Tensor, target: int = 0) -> Flo
     and input shape. Gradients are taken with ``torch.autograd.grad`` so no parameter's ``.grad`` changes.
     """
     key = (tuple(sample.shape), sample.dtype)
+    generation = model_generation(model)
     per_model = _CACHE.setdefault(model, {})
-    if key in per_model:
-        return per_model[key]
+    hit = per_model.get(key)
+    if hit is not None and hit[0] == generation:
+        return hit[1]
 
     lstm_lengths: dict[str, int] = {}
     handles = []
@@ -103,5 +107,5 @@ def flop_profile(model: nn.Module, sample: torch.Tensor, target: int = 0) -> Flo
             backward += fwd
             analytic.append(f"{name or 'model'}: LSTM")
     profile = FlopProfile(forward=forward, backward=backward, analytic_layers=tuple(analytic))
-    per_model[key] = profile
+    per_model[key] = (generation, profile)
     return profile

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from xaudit.models._errors import XauditError
+from xaudit.models._walk import model_generation
 
 #: Default budget for one explanation call.
 DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
@@ -103,7 +104,7 @@ class RowMemory:
     fixed_bytes: int
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, RowMemory]] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[int, RowMemory]]] = weakref.WeakKeyDictionary()
 
 
 def row_memory(model: nn.Module, sample: torch.Tensor) -> RowMemory:
@@ -113,9 +114,11 @@ def row_memory(model: nn.Module, sample: torch.Tensor) -> RowMemory:
     fused and scripted modules where module hooks cannot (TorchScript models take no hooks at all).
     """
     key = (tuple(sample.shape[1:]), sample.dtype)
+    generation = model_generation(model)
     per_model = _CACHE.setdefault(model, {})
-    if key in per_model:
-        return per_model[key]
+    hit = per_model.get(key)
+    if hit is not None and hit[0] == generation:
+        return hit[1]
     param_ptrs = {p.data_ptr() for p in model.parameters()}
     seen: set[tuple[int, int]] = set()
     saved = [0]
@@ -134,7 +137,7 @@ def row_memory(model: nn.Module, sample: torch.Tensor) -> RowMemory:
     total = saved[0] + out_bytes + x.numel() * x.element_size()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     memory = RowMemory(bytes_per_row=int(total * _GRADIENT_FACTOR), fixed_bytes=int(params))
-    per_model[key] = memory
+    per_model[key] = (generation, memory)
     return memory
 
 

@@ -15,11 +15,11 @@ from torch import nn
 
 from xaudit.models._errors import XauditError
 from xaudit.models._nets import model_kind
-from xaudit.models._walk import modules_of
+from xaudit.models._walk import model_generation, modules_of
 
 from ._cost import EvalCounter
 
-_N_OUTPUTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+_N_OUTPUTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[int, int]]] = weakref.WeakKeyDictionary()
 
 
 def input_kind(sample_shape: Sequence[int]) -> str:
@@ -139,16 +139,18 @@ def seeded(seed: int | None, device: torch.device | str | None = None) -> Iterat
 
 
 def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
-    """The model's number of outputs (classes) for inputs like ``x``, cached per model and sample shape as the
-    FLOP and memory probes are: a one-sample forward on every call was ~5% of a 256-sample saliency call.
+    """The model's number of outputs (classes) for inputs like ``x``, cached per model generation and sample shape
+    as the FLOP and memory probes are: a one-sample forward on every call was ~5% of a 256-sample saliency call.
 
     The probe is also the check that the inputs fit the model: a forward that raises, or an output that is
     not one row of class scores per input (two inputs are probed, so a model that only works on batches of
     one is caught here too), is a one-line XauditError before any method runs.
     """
     key = (tuple(x.shape[1:]), x.dtype)
+    generation = model_generation(model)  # a new head on the same object is a new probe
     per_model = _N_OUTPUTS.setdefault(model, {})
-    if key not in per_model:
+    hit = per_model.get(key)
+    if hit is None or hit[0] != generation:
         k = min(len(x), 2)
         try:
             with torch.no_grad():
@@ -168,8 +170,8 @@ def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise XauditError(f"the model returned {got} for a batch of {k}: explanations need one row of class "
                               "scores per input (N × classes) from forward, whatever the batch size")
-        per_model[key] = int(out.shape[-1])
-    return per_model[key]
+        hit = per_model[key] = (generation, int(out.shape[-1]))
+    return hit[1]
 
 
 def _synchronize(device: torch.device) -> None:

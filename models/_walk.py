@@ -1,54 +1,134 @@
-"""One walk of a model's module tree per explanation call.
+"""What an explanation call knows about the user's model: one walk of its module tree per call, and a
+generation number that changes whenever anything its ``forward`` may read changes.
 
-An ``explain`` call asks the same questions of the user's model about fifteen times (is it recurrent, are
-its activations ones the rule covers, is the cached hook-safe copy still current, which modules are in
-training mode), and each ``model.modules()`` walk is a Python generator over the tree. Inside
-:func:`one_walk_per_call` the tree is walked once per model and the tuple reused; outside it every call walks
-again, so a model changed between two calls is always seen as it is.
+An ``explain`` call asks the same questions of the model about fifteen times (is it recurrent, are its
+activations ones the rule covers, is the cached hook-safe copy still current, which modules are in training
+mode). Inside :func:`one_walk_per_call` the tree is walked once and the answers reused; outside it every
+call walks again, so a model changed between two calls is always seen as it is.
+
+The per-model caches (the hook-safe copy, the class count, the FLOP and memory probes) key on
+:func:`model_generation`. It compares a fingerprint of every module's attributes with the one seen last:
+the module objects, the parameter and buffer objects, hooks, flags and plain attributes (a calibrated
+``temperature``, a normalisation tensor kept as an attribute). New *values* in the same tensors (an optimizer
+step, ``load_state_dict``) keep the generation: the copies share those tensors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import Any
 
 from torch import nn
 
-# id(model) -> (model, its modules or None until walked); the model is kept so its id cannot be reused
-_WALKS: ContextVar[dict[int, tuple[nn.Module, tuple[nn.Module, ...] | None]] | None] = ContextVar(
-    "xaudit_walks", default=None)
+
+class _Seen:
+    """One model's walk and generation, for the length of a :func:`one_walk_per_call` block."""
+
+    __slots__ = ("model", "modules", "generation")
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model  # kept so that its id cannot be reused while the block is open
+        self.modules: tuple[nn.Module, ...] | None = None
+        self.generation: int | None = None
+
+
+_SCOPE: ContextVar[dict[int, _Seen] | None] = ContextVar("xaudit_model_scope", default=None)
+# model -> (fingerprint, generation). The fingerprint never holds the model itself, only its submodules and
+# attribute values, so a model nobody else references is collected and its entry dropped.
+_GENERATIONS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, int]] = weakref.WeakKeyDictionary()
+_NEXT_GENERATION = itertools.count(1)
+#: Leaves compared by value; everything else by identity (a new tensor or function is a change).
+_VALUE_TYPES = (bool, int, float, complex, str, bytes, type(None), frozenset)
+
+
+def _seen(model: nn.Module) -> _Seen | None:
+    scope = _SCOPE.get()
+    return None if scope is None else scope.get(id(model))
 
 
 def modules_of(model: nn.Module) -> tuple[nn.Module, ...]:
-    """``tuple(model.modules())``, walked once inside :func:`one_walk_per_call` for the models it names."""
-    memo = _WALKS.get()
-    hit = None if memo is None else memo.get(id(model))
-    if hit is None:
+    """``tuple(model.modules())``, walked once inside :func:`one_walk_per_call` for the model it names."""
+    seen = _seen(model)
+    if seen is None:
         return tuple(model.modules())
-    if hit[1] is None:
-        hit = memo[id(model)] = (model, tuple(model.modules()))  # type: ignore[index]
-    return hit[1]  # type: ignore[return-value]
+    if seen.modules is None:
+        seen.modules = tuple(model.modules())
+    return seen.modules
 
 
 @contextlib.contextmanager
 def one_walk_per_call(model: nn.Module) -> Iterator[None]:
-    """A block in which ``model``'s module tree does not change (one explanation call): its walk is reused.
+    """A block in which ``model`` does not change (one explanation call): its walk and generation are reused.
     Only ``model``'s: the private copies a call makes are changed while it runs (reused modules split), so
     they are walked afresh every time. Nested blocks add to the outermost one's."""
-    memo = _WALKS.get()
-    if memo is not None:
-        if id(model) in memo:
+    scope = _SCOPE.get()
+    if scope is not None:
+        if id(model) in scope:
             yield
             return
-        memo[id(model)] = (model, None)
+        scope[id(model)] = _Seen(model)
         try:
             yield
         finally:
-            memo.pop(id(model), None)
+            scope.pop(id(model), None)
         return
-    token = _WALKS.set({id(model): (model, None)})
+    token = _SCOPE.set({id(model): _Seen(model)})
     try:
         yield
     finally:
-        _WALKS.reset(token)
+        _SCOPE.reset(token)
+
+
+def _leaves(value: Any, out: list[Any]) -> None:
+    if isinstance(value, dict):
+        out.append(len(value))
+        for key, item in value.items():
+            out.append(key)
+            _leaves(item, out)
+    elif type(value) in (list, tuple):
+        out.append(len(value))
+        for item in value:
+            _leaves(item, out)
+    elif isinstance(value, (set, frozenset)):
+        out.append(frozenset(value))
+    else:
+        out.append(value)
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """Every module's attributes as one flat tuple of leaves (lengths included, so two different layouts never
+    flatten alike). ``training`` is left out: explanation calls switch it and restore it."""
+    out: list[Any] = []
+    for module in modules_of(model):
+        attrs = {k: v for k, v in vars(module).items() if k != "training"}
+        out.append(type(module))
+        _leaves(attrs, out)
+    return tuple(out)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(
+        u is v or (type(u) is type(v) and isinstance(u, _VALUE_TYPES) and u == v) for u, v in zip(a, b))
+
+
+def model_generation(model: nn.Module) -> int:
+    """A number that stays the same while nothing ``model.forward`` may read changes but tensor values, and
+    changes otherwise (a module, parameter or buffer replaced, a hook added, a flag or plain attribute set).
+    Computed once per :func:`one_walk_per_call` block."""
+    seen = _seen(model)
+    if seen is not None and seen.generation is not None:
+        return seen.generation
+    fingerprint = _fingerprint(model)
+    stored = _GENERATIONS.get(model)
+    if stored is not None and _same(stored[0], fingerprint):
+        generation = stored[1]
+    else:
+        generation = next(_NEXT_GENERATION)
+        _GENERATIONS[model] = (fingerprint, generation)
+    if seen is not None:
+        seen.generation = generation
+    return generation

@@ -77,3 +77,63 @@ def test_one_call_walks_the_models_tree_once_and_the_next_call_sees_a_changed_mo
     model[1] = nn.GELU()  # one no DeepLift rule covers: refused, not explained with a stale copy
     with pytest.raises(XauditError, match="GELU"):
         explain(model, X, method="deeplift", target=0)
+
+
+class _Calibrated(nn.Module):
+    """A CNN whose forward reads a plain float and a plain (unregistered) tensor, as calibration code leaves them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = _net()
+        self.temperature = 1.0
+        self.mean = torch.zeros(1, 1, 6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x - self.mean) / self.temperature
+
+
+@pytest.mark.parametrize("method", ["deeplift", "guided_backprop", "shap_deep"])
+def test_plain_attributes_forward_reads_reach_the_copy(method: str) -> None:
+    model, background = _Calibrated(), torch.rand(4, 1, 6, 6)
+
+    def run(m: nn.Module) -> torch.Tensor:
+        return explain(m, X, method=method, target=1, background=background).attributions
+
+    first = run(model)
+    model.temperature = 4.0  # a new value: a new copy
+    model.mean.add_(0.25)  # the same tensor changed in place: the copy shares it
+    fresh = _Calibrated()
+    fresh.temperature, fresh.mean = 4.0, torch.full((1, 1, 6, 6), 0.25)
+    again = run(model)
+    assert not torch.allclose(again, first)
+    torch.testing.assert_close(again, run(fresh))
+
+
+def test_a_new_head_on_the_same_object_is_probed_again() -> None:
+    from xaudit.explain import get_explainer
+
+    model = _net()
+    before = explain(model, X, method="saliency", target=3)
+    model[3] = nn.Sequential(nn.Linear(48, 512), nn.ReLU(), nn.Linear(512, 2))  # fine-tuning: a new 2-class head
+    with pytest.raises(XauditError, match="target 3 is out of range: the model has 2 classes"):
+        explain(model, X, method="saliency", target=3)
+    after = explain(model, X, method="saliency", target=1)
+    fresh = nn.Sequential(*model)  # the same modules in a new object: nothing cached for it
+    assert after.cost.flops == explain(fresh, X, method="saliency", target=1).cost.flops
+    assert after.cost.flops > 10 * before.cost.flops
+    explainer = get_explainer("saliency")
+    assert explainer(model).memory_needed(X) == explainer(fresh).memory_needed(X)
+
+
+@pytest.mark.parametrize("method", ["deeplift", "guided_backprop", "shap_deep", "saliency"])
+def test_a_model_nobody_holds_is_freed_after_explaining(method: str) -> None:
+    import gc
+    import weakref
+
+    model = _net()
+    explain(model, X, method=method, target=0, background=torch.rand(4, 1, 6, 6))
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # the per-model caches must not keep it alive (a sweep explains hundreds)
