@@ -9,11 +9,14 @@ batch, counts model evaluations, meters the cost, and detaches the result to CPU
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
+import itertools
 import math
 import re
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -22,7 +25,8 @@ import torch
 from torch import nn
 
 from xaudit.models._errors import XauditError, did_you_mean
-from xaudit.models._walk import one_walk_per_call
+from xaudit.models._layout import CHANNELS_FIRST, ChannelsFirst, takes_channels_first
+from xaudit.models._walk import model_generation, modules_of, one_walk_per_call
 
 from ._cost import Cost, CostMeter, EvalCounter
 from ._flops import flop_profile
@@ -166,6 +170,12 @@ class Explainer:
     #: Memory per row in flight relative to a plain gradient call's (a rule that keeps more per activation, or
     #: reference activations held for the whole call, declares more); scales the memory budget's planning.
     memory_factor: ClassVar[float] = 1.0
+    #: Whether the method groups neighbouring input elements (time windows, patches, segments). On a model that
+    #: hands its N×C×L input to an ``nn.Conv1d`` such a method runs on the data read as N×L×C, so its windows
+    #: run along the length; per-element methods (gradients) need no such care.
+    groups_regions: ClassVar[bool] = False
+    # the method on ChannelsFirst(model), made on first need: (params repr, background, twin)
+    _twin: tuple[str, Any, Explainer] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -286,7 +296,10 @@ class Explainer:
     def memory_needed(self, inputs: torch.Tensor) -> int:
         """The smallest memory budget (bytes) a call on inputs shaped like ``inputs`` runs under: one sample's
         row in flight, the model's parameters and the input (one forward pass of one sample, cached)."""
-        sample = self._checked(inputs)[:1].to(_model_device(self.model))
+        twin, batch = self._channels_first_twin(inputs)
+        if twin is not None:
+            return twin.memory_needed(batch.transpose(1, 2))
+        sample = batch[:1].to(_model_device(self.model))
         with self._call_guard(sample.device, None):
             _n_outputs(self.model, sample)  # the inputs fit the model, or a one-line error
             memory = row_memory(self.model, sample)
@@ -308,7 +321,10 @@ class Explainer:
         on ``probe_samples`` samples separate the per-call overhead (which dominates cheap methods on a
         tiny probe) from the per-sample cost. An untimed call on one sample absorbs first-call overheads.
         """
-        inputs = self._checked(inputs)
+        twin, inputs = self._channels_first_twin(inputs)
+        if twin is not None:
+            return twin.predict_cost(inputs.transpose(1, 2), batch_size=batch_size, memory_budget=memory_budget,
+                                     probe_samples=probe_samples)
         device = _model_device(self.model)
         with self._call_guard(device, 0):
             _n_outputs(self.model, inputs[:2].to(device))  # the inputs fit the model, or a one-line error
@@ -354,6 +370,11 @@ class Explainer:
 
     def _checked(self, inputs: Any) -> torch.Tensor:
         inputs = _as_batch(inputs)
+        dtype = _model_dtype(self.model)
+        if dtype is not None and inputs.dtype != dtype:
+            # numpy's float64 for a float32 model, say: the model computes in its own dtype, and torch would
+            # refuse the mix inside the first layer
+            inputs = inputs.to(dtype)
         reason = self.unsupported_reason(tuple(inputs.shape[1:]))
         if reason:
             # a rule's refusal names its own fix ("choose a gradient method", "use a separate nn.ReLU()")
@@ -373,7 +394,31 @@ class Explainer:
         the caller's random state.
         """
         with one_walk_per_call(self.model):  # the checks below ask about the model ~15 times
-            return self._explain(inputs, target, batch_size=batch_size, seed=seed, memory_budget=memory_budget)
+            twin, batch = self._channels_first_twin(inputs)
+            if twin is not None:
+                exp = twin.explain(batch.transpose(1, 2), target, batch_size=batch_size, seed=seed,
+                                   memory_budget=memory_budget)
+                return dataclasses.replace(
+                    exp, attributions=exp.attributions.transpose(1, 2).contiguous(),
+                    inputs=exp.inputs.transpose(1, 2).contiguous(), config=self.get_params(),
+                    settings={**exp.settings, "input_layout": CHANNELS_FIRST})
+            return self._explain(batch, target, batch_size=batch_size, seed=seed, memory_budget=memory_budget)
+
+    def _channels_first_twin(self, inputs: Any) -> tuple[Explainer | None, torch.Tensor]:
+        """(this method on :class:`~xaudit.models._layout.ChannelsFirst` of the model, the checked batch) when the
+        method groups neighbouring elements and the model hands its N×C×L input to an ``nn.Conv1d``: the
+        windows must run along L, not along the channels. (None, the batch) otherwise."""
+        batch = self._checked(inputs)
+        if not self.groups_regions or batch.dim() != 3 or not _takes_channels_first(self.model, batch):
+            return None, batch
+        background = getattr(self, "background_", None)
+        key = (repr(self.get_params()), background)
+        if self._twin is None or self._twin[0] != key[0] or self._twin[1] is not background:
+            twin = type(self)(ChannelsFirst(self.model), **self.get_params())
+            if isinstance(background, torch.Tensor) and background.dim() == 3:
+                twin.background_ = background.transpose(1, 2)
+            self._twin = (key[0], background, twin)
+        return self._twin[2], batch
 
     def _explain(self, inputs: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None, *,
                  batch_size: int | None, seed: int | None, memory_budget: int | str | None) -> Explanation:
@@ -447,6 +492,31 @@ class Explainer:
             raise XauditError(f"target {int(bad[0])} is out of range: the model has {n_classes} classes "
                               f"(0..{n_classes - 1})")
         return t
+
+
+_CHANNELS_FIRST: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[int, bool]]] = weakref.WeakKeyDictionary()
+
+
+def _takes_channels_first(model: nn.Module, batch: torch.Tensor) -> bool:
+    """:func:`~xaudit.models._layout.takes_channels_first`, probed once per model generation and sample shape."""
+    if not any(isinstance(m, nn.Conv1d) for m in modules_of(model)):
+        return False
+    key = (tuple(batch.shape[1:]), batch.dtype)
+    generation = model_generation(model)
+    per_model = _CHANNELS_FIRST.setdefault(model, {})
+    hit = per_model.get(key)
+    if hit is None or hit[0] != generation:
+        hit = per_model[key] = (generation, takes_channels_first(model, batch[:2]))
+    return hit[1]
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter or buffer (None: it has none)."""
+    for module in modules_of(model):
+        for t in itertools.chain(module._parameters.values(), module._buffers.values()):
+            if t is not None and t.is_floating_point():
+                return t.dtype
+    return None
 
 
 def _check_finite(method: str, attributions: torch.Tensor) -> None:

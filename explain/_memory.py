@@ -43,12 +43,18 @@ _GRADIENT_FACTOR = 3.0
 #: factor so that those calls stay under them (tests/test_explain_memory_budget.py).
 GRADIENT_CALL_SLACK = 1.8
 
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
-          "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
+# IEC units (KiB, MiB, ...) and bare letters (k, m, g, t: as docker and the JVM read them) are binary; SI
+# units (kB, MB, GB, TB) are decimal, as the SI defines them: a budget read 7% larger than written could
+# take more than the user has
+_UNITS = {"": 1, "b": 1,
+          "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3, "t": 1024**4,
+          "tib": 1024**4,
+          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """Parse ``"2GiB"``, ``"512MB"``, ``"1.5g"`` or a plain number of bytes (binary units throughout)."""
+    """Parse ``"2GiB"``, ``"512MiB"``, ``"1.5g"``, ``"500MB"`` or a plain number of bytes. KiB/MiB/GiB/TiB and
+    the bare k/m/g/t are binary (1g = 1GiB = 2³⁰ bytes); kB/MB/GB/TB are decimal (1GB = 10⁹ bytes)."""
     if isinstance(text, (int, float)):
         value = int(text)
     else:

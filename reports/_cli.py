@@ -107,8 +107,8 @@ def _common_options() -> argparse.ArgumentParser:
                      help="train built-in models afresh instead of reusing the cached copy "
                           "($XAUDIT_CACHE_DIR, default ~/.cache/xaudit)")
     run.add_argument("--memory-budget", default="2GiB", metavar="SIZE",
-                     help="most memory one explanation method may take, e.g. 512MiB or 4GiB; inputs are "
-                          "chunked to fit (default: 2GiB)")
+                     help="most memory one explanation method may take, e.g. 512MiB or 4GiB (MiB/GiB and "
+                          "a bare m/g are binary, MB/GB decimal); inputs are chunked to fit (default: 2GiB)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return common
 

@@ -50,3 +50,13 @@ def test_a_memory_budget_block_is_the_default_for_calls_inside_it() -> None:
         # an explicit argument still wins inside the block
         assert explain(model, x, method="saliency", memory_budget="2GiB").plan == default
     assert explain(model, x, method="saliency").plan == default  # the block's budget ends with it
+
+
+def test_memory_sizes_read_binary_and_decimal_units_as_written() -> None:
+    from xaudit.explain._memory import parse_bytes
+
+    assert parse_bytes("2GiB") == parse_bytes("2g") == parse_bytes("2 G") == 2 * 2**30
+    assert parse_bytes("1.5GB") == 1_500_000_000  # SI: a budget must not come out 7% larger than written
+    assert parse_bytes("512MiB") == 512 * 2**20 and parse_bytes("500MB") == 500_000_000
+    assert parse_bytes("64kB") == 64_000 and parse_bytes("64KiB") == 65_536
+    assert parse_bytes(4096) == parse_bytes("4096") == 4096
