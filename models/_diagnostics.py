@@ -19,6 +19,7 @@ from ._calibration import Calibration, model_calibration
 from ._data import Dataset
 from ._errors import XauditError
 from ._memorization import MemorizationResult, ShuffleResult, memorization_test, spatial_shuffle_test
+from ._modes import eval_mode
 from ._spectra import WeightSpectra, weight_spectra
 from ._sweep import run_sweep
 from ._sweep_result import SweepResult
@@ -232,13 +233,10 @@ def overfitting_diagnostics(
     if dataset.n_test == 0:
         raise XauditError(f"dataset {dataset.name!r} has no test samples: the diagnostics compare train with test")
     history = _history_of(train_result_or_history)
-    was_training = model.training
-    try:
+    with eval_mode(model):  # one switch for the three passes (each would restore its own)
         test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
         train = evaluate(model, dataset.x_train, dataset.y_train) if dataset.n_train else None
         calibration = model_calibration(model, dataset.x_test, dataset.y_test, n_bins=n_bins)
-    finally:
-        model.train(was_training)
     if train is None:  # a user file with test data only
         gap = GapDiagnosis(None, test_acc, None, test_loss, dataset.n_test, "unknown",
                            "the data has no training split, so the generalization gap cannot be measured")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._modes import eval_mode
+
 #: How report.json and the model card name the layouts.
 TIME_FEATURES = "N×T×F (time steps × features)"
 CHANNELS_FIRST = "N×C×L (channels × length, as nn.Conv1d takes it): read as N×L×C, time steps × channels"
@@ -51,15 +53,11 @@ def takes_channels_first(model: nn.Module, x: torch.Tensor) -> bool:
     param = next(model.parameters(), None)
     if param is not None:
         probe = probe.to(param.device)
-    training = [m for m in model.modules() if m.training]
     handles = [m.register_forward_pre_hook(first_input) for m in convs]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(probe)
     finally:
         for handle in handles:
             handle.remove()
-        for m in training:
-            m.training = True
     return bool(seen and seen[0])

@@ -15,6 +15,8 @@ import weakref
 import torch
 from torch import nn
 
+from ._modes import eval_mode
+
 #: How far a row's sum may be from 1 (float32 softmax rows are within ~1e-6; float16 within ~1e-3).
 SUM_TOLERANCE = 1e-3
 
@@ -53,18 +55,13 @@ def note_outputs(model: nn.Module, outputs: torch.Tensor) -> str:
 
 def output_kind(model: nn.Module, sample: torch.Tensor) -> str:
     """The kind of ``model``'s outputs; when not seen yet, decided from one eval-mode forward of ``sample``
-    (a small batch of inputs; ``.training`` is restored)."""
+    (a small batch of inputs; every module's ``.training`` is restored)."""
     kind = _KIND.get(model)
     if kind is not None:
         return kind
     param = next(model.parameters(), None)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(sample.to(param.device) if param is not None else sample)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        out = model(sample.to(param.device) if param is not None else sample)
     return note_outputs(model, out)
 
 

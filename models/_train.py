@@ -16,6 +16,7 @@ from torch import nn
 from ._augment import AUGMENTATIONS
 from ._data import Dataset
 from ._errors import XauditError, did_you_mean
+from ._modes import eval_mode
 from ._nets import build_model
 from ._outputs import PROBABILITIES, note_outputs, to_probabilities
 
@@ -282,18 +283,14 @@ def _device_of(model: nn.Module) -> torch.device:
 
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[torch.device]:
-    """Eval mode without autograd for the block; the model's train/eval mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield _device_of(model)
-    finally:
-        model.train(was_training)
+    """Eval mode without autograd for the block; every module's ``training`` flag is restored afterwards."""
+    with eval_mode(model), torch.no_grad():
+        yield _device_of(model)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)`` in eval mode (``.training`` restored).
+    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)`` in eval mode (every module's ``.training``
+    restored).
 
     The loss is the negative log of the label's probability (:func:`~._outputs.to_probabilities`), so a model
     that returns probabilities is scored on them, not on a softmax of them.
@@ -312,8 +309,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
 
 
 def predict_proba(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """Class probabilities (N×K, on the CPU) in eval mode without autograd (``.training`` restored): the
-    softmax of the model's logits, or its own outputs when it returns probabilities (ends in ``nn.Softmax``).
+    """Class probabilities (N×K, on the CPU) in eval mode without autograd (every module's ``.training``
+    restored): the softmax of the model's logits, or its own outputs when it returns probabilities (ends in
+    ``nn.Softmax``).
     """
     if len(x) == 0:
         raise XauditError("predict_proba got no samples: pass at least one input")

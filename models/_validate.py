@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._errors import XauditError
+from ._modes import eval_mode
 from ._nets import ModelSpec
 from ._outputs import note_outputs
 
@@ -15,9 +16,9 @@ from ._outputs import note_outputs
 def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, what: str = "data") -> int:
     """Check ``x`` (and labels ``y``) against ``model`` and return the number of classes the model outputs.
 
-    Runs the first two samples (one if there is one) forward in eval mode without autograd (``.training`` is
-    restored): the model must return one finite row of class scores per sample. ``what`` names the data in
-    messages, e.g. ``"x_test"``.
+    Runs the first two samples (one if there is one) forward in eval mode without autograd (every module's
+    ``.training`` is restored): the model must return one finite row of class scores per sample. ``what`` names
+    the data in messages, e.g. ``"x_test"``.
     """
     if not isinstance(x, torch.Tensor):
         raise XauditError(
@@ -93,17 +94,12 @@ def _forward(model: nn.Module, sample: torch.Tensor, what: str) -> object:
     data's shape, its dtype or something else in the model is the problem."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            try:
-                return model(sample.to(device))
-            except Exception as exc:
-                error = exc
-            batch_only = len(sample) > 1 and _runs(model, sample[:1].to(device))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        try:
+            return model(sample.to(device))
+        except Exception as exc:
+            error = exc
+        batch_only = len(sample) > 1 and _runs(model, sample[:1].to(device))
     if batch_only:
         raise XauditError(
             f"the model takes one sample of {what} but fails on a batch of {len(sample)} ({_raised(error)}): "

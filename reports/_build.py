@@ -22,6 +22,7 @@ from xaudit.models._data import Dataset
 from xaudit.models._nets import MODELS, build_model
 from xaudit.models._train import evaluate
 from xaudit.models._errors import XauditError
+from xaudit.models._modes import eval_mode
 
 from ._quality_build import check_quality_mode, compute_quality
 from ._runtime import CpuContention, machine_info, resolve_device
@@ -157,13 +158,8 @@ def compute_metrics(model: nn.Module, dataset: Dataset) -> dict[str, float | Non
 def predict_classes(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's predicted class per sample (on the CPU), in eval mode without autograd."""
     device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return torch.cat([model(xb.to(device)).argmax(-1).cpu() for xb in x.split(512)])
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        return torch.cat([model(xb.to(device)).argmax(-1).cpu() for xb in x.split(512)])
 
 
 def check_memory_budget(model: nn.Module, x: torch.Tensor, names: Sequence[str],
