@@ -26,7 +26,8 @@ class GradCAM(Explainer):
     """A conv layer's feature maps weighted by their spatially averaged target gradients, ReLU'd and
     upsampled to the input (Selvaraju et al. 2017, eqs. 1–2).
 
-    ``layer`` names the layer (as in ``model.named_modules()``); by default the last Conv1d/Conv2d. The
+    ``layer`` names the layer (as in ``model.named_modules()``; the module itself, captum's convention, is taken
+    too and stored by its name); by default the last Conv1d/Conv2d. The
     map is broadcast over image channels; for a 1-D CNN over N×T×F sequences it is laid over the axis the
     convolution runs along (time when the first Conv1d takes the F features as channels) and broadcast
     over the other.
@@ -40,12 +41,25 @@ class GradCAM(Explainer):
     recurrent_reason = ("Grad-CAM weights the feature maps of a convolutional layer; a recurrent model "
                         "carries its evidence through a hidden state over time, which has no such map")
 
-    def __init__(self, model: nn.Module, *, layer: str | None = None, relu: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, layer: str | nn.Module | None = None, relu: bool = True) -> None:
         super().__init__(model)
-        self.layer = layer
+        self.layer = self._layer_name(layer)
         self.relu = bool(relu)
         if layer is not None:
             self._layer()  # a misspelt layer fails here, not at the first call
+
+    def _layer_name(self, layer: str | nn.Module | None) -> str | None:
+        """``layer`` as a name in ``model.named_modules()`` (a module object is looked up by identity)."""
+        if layer is None or isinstance(layer, str):
+            return layer
+        if isinstance(layer, nn.Module):
+            name = next((n for n, m in self.model.named_modules() if m is layer), None)
+            if name is None:
+                raise XauditError(f"gradcam's layer is a {type(layer).__name__} that is not part of this model: pass "
+                                  f"the name of one of its conv layers ({', '.join(self._conv_names()) or 'none'})")
+            return name
+        raise XauditError(f"gradcam's layer must be a layer name (as in model.named_modules()) or the layer module, "
+                          f"got {type(layer).__name__}: pass e.g. layer={(self._conv_names() or ['conv'])[-1]!r}")
 
     def get_params(self) -> dict[str, Any]:
         convs = self._conv_names()
@@ -90,14 +104,15 @@ class GradCAM(Explainer):
                    ctx: CallContext) -> torch.Tensor:
         name, layer = self._layer()
         # the counting wrapper is the forward function (evaluations counted); the hook goes on the layer
-        cam = layer_grad_cam(model, layer, inputs, targets, relu=self.relu)
+        cam = layer_grad_cam(model, layer, inputs, targets, relu=self.relu, name=name)
         return _to_input_shape(cam.detach(), tuple(inputs.shape), name, self._conv_over_time)
 
 
 def layer_grad_cam(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
-                   relu: bool = True) -> torch.Tensor:
+                   relu: bool = True, name: str = "") -> torch.Tensor:
     """N×1×(spatial) Grad-CAM of ``layer``'s output: channel weights = spatial mean of the target logit's
-    gradient, map = ReLU(Σ_c weight_c · A_c) (Selvaraju et al. 2017, eqs. 1-2; captum's LayerGradCam)."""
+    gradient, map = ReLU(Σ_c weight_c · A_c) (Selvaraju et al. 2017, eqs. 1-2; captum's LayerGradCam).
+    ``name`` is the layer's, for errors."""
     outputs: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _a, out: outputs.append(out))
     try:
@@ -109,6 +124,11 @@ def layer_grad_cam(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, tar
         raise XauditError("gradcam's layer gave no tensor output in the forward pass: pick a conv layer the "
                           "model calls, with layer=...")
     activation = outputs[-1]  # a layer called twice: its last call, as captum keeps it
+    if activation.dim() not in (3, 4):
+        # said here, with the layer's own output shape: after the channel sum the map's shape names no layer
+        which = repr(name) if name else "the layer"
+        raise XauditError(f"gradcam needs feature maps (channels × positions) from its layer, but {which} outputs "
+                          f"shape {tuple(activation.shape[1:])} per sample: pick a conv layer with layer=...")
     rows = torch.arange(len(logits), device=logits.device)
     (grad,) = torch.autograd.grad(logits[rows, targets].sum(), activation)
     weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True)
@@ -132,5 +152,5 @@ def _to_input_shape(cam: torch.Tensor, shape: tuple[int, ...], layer: str, over_
             return up[:, 0, :, None].expand(n, steps, features)
         up = LayerAttribution.interpolate(cam, (features,), interpolate_mode="linear")
         return up.expand(n, steps, features)
-    raise XauditError(f"gradcam cannot map the output of layer {layer!r} (shape {tuple(cam.shape[1:])} per "
-                      f"sample) onto inputs of shape {tuple(sample)}: pick a conv layer with layer=...")
+    raise XauditError(f"gradcam cannot lay the {cam.dim() - 2}-D map of layer {layer!r} (over positions "
+                      f"{tuple(cam.shape[2:])}) onto inputs of shape {tuple(sample)}: pick a conv layer with layer=...")

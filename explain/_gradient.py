@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from xaudit.models._errors import XauditError
+from xaudit.models._errors import XauditError, did_you_mean
+from xaudit.models._walk import modules_of
 
 from ._base import CallContext, CountingModel, Explainer, _call_with_shape, get_explainer
 from ._compat import (
@@ -27,6 +28,7 @@ from ._compat import (
     library,
 )
 from ._model_call import target_gradient
+from ._params import constant_baseline, integer_param, number_param
 from ._rescale import RESCALE_MODULES, rescale_ready, rescale_rule
 
 #: The activation modules captum's DeepLift has a rescale rule for (``captum.attr._core.deep_lift.
@@ -35,6 +37,12 @@ DEEPLIFT_RULES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
     nn.Softmax,
 )
+
+
+#: The quadratures captum's IntegratedGradients takes as ``method`` (``captum.attr._utils.approximation_methods.
+#: SUPPORTED_METHODS``; listed here so a constructor checks them without importing captum, and tested equal to it).
+QUADRATURES: tuple[str, ...] = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
+                                "gausslegendre")
 
 
 def _captum_attr() -> Any:
@@ -98,11 +106,11 @@ def _with_summed_gradients(attribution: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=32)
-def _quadrature(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """captum's step sizes and alphas for ``method`` and ``n_steps``, computed once."""
+def _quadrature(quadrature: str, n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """captum's step sizes and alphas for the ``quadrature`` (captum's ``method``) and ``n_steps``, computed once."""
     approximation_parameters = library("captum.attr._utils.approximation_methods").approximation_parameters
 
-    step_sizes, alphas = approximation_parameters(method)
+    step_sizes, alphas = approximation_parameters(quadrature)
     return tuple(step_sizes(n_steps)), tuple(alphas(n_steps))
 
 
@@ -127,15 +135,15 @@ def _ig_once_nodes() -> type:
             return super()._attribute(*args, step_sizes_and_alphas=step_sizes_and_alphas, **kwargs)
 
         def attribute_in_steps(self, inputs: torch.Tensor, baseline: float, target: torch.Tensor, n_steps: int,
-                               method: str, steps_per_call: int) -> torch.Tensor:
+                               quadrature: str, steps_per_call: int) -> torch.Tensor:
             """What captum's ``internal_batch_size`` batching computes (``_batch_attribution``: the steps in slices
             of ``steps_per_call``, each slice's attributions summed), with the quadrature computed once."""
-            sizes, alphas = _quadrature(method, n_steps)
+            sizes, alphas = _quadrature(quadrature, n_steps)
             total: torch.Tensor | None = None
             for start in range(0, n_steps, steps_per_call):
                 part = slice(start, start + steps_per_call)
                 (attr,) = self._attribute(inputs=(inputs,), baselines=(baseline,), target=target,
-                                          n_steps=len(sizes[part]), method=method,
+                                          n_steps=len(sizes[part]), method=quadrature,
                                           step_sizes_and_alphas=(list(sizes[part]), list(alphas[part])))
                 total = attr if total is None else total + attr.detach()
             assert total is not None
@@ -149,22 +157,29 @@ class IntegratedGradients(_CaptumMethod, Explainer):
 
     Satisfies completeness: attributions sum to f(x) - f(baseline); the per-sample gap is returned in
     ``Explanation.extras["convergence_delta"]``.
+
+    ``quadrature`` is captum's ``method`` (renamed: ``explain(model, x, method=...)`` names the explanation
+    method): one of :data:`QUADRATURES`. ``baseline`` is one number, the value of every element of the path's
+    start (captum's scalar ``baselines``).
     """
 
     name = "integrated_gradients"
     paper = "Sundararajan, Taly & Yan 2017"
 
-    def __init__(self, model: nn.Module, *, n_steps: int = 50, method: str = "gausslegendre",
-                 baseline: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, *, n_steps: int = 50, quadrature: str = "gausslegendre",
+                 baseline: float = 0.0, method: str | None = None) -> None:
         super().__init__(model)
-        if n_steps < 1:
-            raise XauditError(f"n_steps must be at least 1, got {n_steps}")
-        self.n_steps = int(n_steps)
-        self.method = method
-        self.baseline = float(baseline)
+        if method is not None:  # the parameter's former name, captum's (it collides with explain()'s method)
+            raise XauditError(f"integrated_gradients takes its quadrature as quadrature=, not method= (which names "
+                              f"the explanation method in explain()): pass quadrature={method!r}")
+        if quadrature not in QUADRATURES:
+            raise did_you_mean("integrated_gradients quadrature", quadrature, QUADRATURES)
+        self.n_steps = integer_param("n_steps", n_steps, minimum=1, example=50)
+        self.quadrature = quadrature
+        self.baseline = constant_baseline(self.name, baseline)
 
     def get_params(self) -> dict[str, Any]:
-        return {"n_steps": self.n_steps, "method": self.method, "baseline": self.baseline}
+        return {"n_steps": self.n_steps, "quadrature": self.quadrature, "baseline": self.baseline}
 
     def rows_per_sample(self) -> int:
         return self.n_steps
@@ -185,9 +200,10 @@ class IntegratedGradients(_CaptumMethod, Explainer):
         steps_per_call = max(1, ctx.row_batch // len(inputs))
         if steps_per_call >= self.n_steps:  # the planner sizes chunks so: one pass over all steps
             attr = ig.attribute(inputs, baselines=self.baseline, target=targets, n_steps=self.n_steps,
-                                method=self.method)
+                                method=self.quadrature)
         else:
-            attr = ig.attribute_in_steps(inputs, self.baseline, targets, self.n_steps, self.method, steps_per_call)
+            attr = ig.attribute_in_steps(inputs, self.baseline, targets, self.n_steps, self.quadrature,
+                                         steps_per_call)
         return attr, {"convergence_delta": self._delta(model, attr, inputs, targets, ctx)}
 
     def _delta(self, model: nn.Module, attr: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
@@ -313,7 +329,7 @@ class DeepLift(_HookRuleExplainer):
 
     def __init__(self, model: nn.Module, *, baseline: float = 0.0) -> None:
         super().__init__(model)
-        self.baseline = float(baseline)
+        self.baseline = constant_baseline(self.name, baseline)
 
     def get_params(self) -> dict[str, Any]:
         return {"baseline": self.baseline}
@@ -379,7 +395,8 @@ class GuidedBackprop(_HookRuleExplainer):
     on each ReLU output clamps the gradient before the ReLU's own backward applies (x > 0): the same values
     (tested equal to captum's), without captum's per-module backward-hook wrappers, which cost about half a
     backward pass on the small benchmark CNN (8.4-8.9 ms against 5.7 ms for the plain gradient, 256 digits).
-    The hooks live on the private hook-safe copy for one call and are removed afterwards.
+    The hooks live on the private hook-safe copy for one call and are removed afterwards. Models without an
+    nn.ReLU module are refused, as recurrent ones are: the result would be the plain gradient.
     """
 
     name = "guided_backprop"
@@ -390,6 +407,18 @@ class GuidedBackprop(_HookRuleExplainer):
     rule_functions = frozenset({"relu", "relu_"}) | RELU_LIKE_FUNCTIONS
     # clamping a gradient needs nothing from the forward pass, so a ReLU may run at several places
     rule_keeps_state = False
+
+    def _rule_refusal(self, sample_shape: tuple[int, ...]) -> str | None:
+        reason = super()._rule_refusal(sample_shape)
+        if reason or any(isinstance(m, nn.ReLU) for m in modules_of(self.model)):
+            return reason
+        # as captum's GuidedBackprop, the rule changes nn.ReLU modules only: on GELU/SiLU/Tanh nets it would be
+        # bit for bit the plain gradient (saliency with abs=False) under another name
+        acts = sorted({type(m).__name__ for m in modules_of(self.model) if isinstance(m, ACTIVATION_MODULES)})
+        has = f"its activations are {', '.join(acts)}" if acts else "it has no activation modules"
+        return (f"guided_backprop changes the backward pass of nn.ReLU modules only and this model has none ({has}), "
+                "so it would return the plain gradient under another name: choose saliency with abs=False for that "
+                "gradient, or another method")
 
     def _run_rule(self, model: _RecordingModel, inputs: torch.Tensor, targets: torch.Tensor, ctx: CallContext,
                   safe: nn.Module) -> torch.Tensor:
@@ -432,13 +461,9 @@ class SmoothGrad(Explainer):
         if not cls.uses_gradients or cls.needs_background or cls is SmoothGrad:
             raise XauditError(f"smoothgrad wraps a gradient method without background data, and {base!r} is "
                               "not one: use base='saliency', 'integrated_gradients' or 'input_x_gradient'")
-        if n_samples < 1:
-            raise XauditError(f"n_samples must be at least 1, got {n_samples}")
-        if not stdev >= 0:
-            raise XauditError(f"stdev must be a non-negative fraction of the input range, got {stdev}")
+        self.n_samples = integer_param("n_samples", n_samples, minimum=1, example=25)
         self.base = base
-        self.n_samples = int(n_samples)
-        self.stdev = float(stdev)
+        self.stdev = number_param("stdev", stdev, minimum=0.0, example=0.15)
         self.base_explainer = cls(model, **base_params)
 
     def get_params(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from xaudit.models._errors import XauditError, did_you_mean
 from xaudit.models._outputs import to_probabilities
 
 from ._base import CallContext, Explainer, input_kind
+from ._params import shown
 
 IMAGE_SEGMENTATIONS = ("grid", "quickshift", "slic", "felzenszwalb")
 SEQUENCE_FEATURES = ("time", "feature", "time_x_feature")
@@ -216,6 +217,7 @@ class Lime(Explainer):
     batch_invariant = True
     # perturbed rows fill model calls across the samples of a chunk (``_masked_probabilities``)
     streams_rows = True
+    groups_regions = True  # windows/segments/features of neighbouring elements: along L on N×C×L data
 
     def __init__(self, model: nn.Module, *, num_samples: int = 1000, kernel_width: float = 0.25,
                  hide_color: float | None = 0.0, segmentation: str = "grid", features: str = "time",
@@ -223,11 +225,13 @@ class Lime(Explainer):
                  feature_selection: str = "auto", num_features: int | None = None) -> None:
         super().__init__(model)
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
-            raise XauditError(f"num_samples must be an integer of at least 2, got {num_samples!r}: pass e.g. 1000")
+            raise XauditError(f"num_samples must be an integer of at least 2, got {shown(num_samples)}: "
+                              "pass e.g. 1000")
         if not _is_real(kernel_width) or not math.isfinite(kernel_width) or kernel_width <= 0:
-            raise XauditError(f"kernel_width must be a positive number, got {kernel_width!r}: lime's default is 0.25")
+            raise XauditError(f"kernel_width must be a positive number, got {shown(kernel_width)}: "
+                              "lime's default is 0.25")
         if hide_color is not None and (not _is_real(hide_color) or not math.isfinite(hide_color)):
-            raise XauditError(f"hide_color must be a finite number or None (segment mean), got {hide_color!r}")
+            raise XauditError(f"hide_color must be a finite number or None (segment mean), got {shown(hide_color)}")
         if segmentation not in IMAGE_SEGMENTATIONS:
             raise did_you_mean("image segmentation", segmentation, IMAGE_SEGMENTATIONS)
         if features not in SEQUENCE_FEATURES:
@@ -237,7 +241,7 @@ class Lime(Explainer):
         for label, value in (("segment_size", segment_size), ("num_features", num_features)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
                                       or value < 1):
-                raise XauditError(f"{label} must be a positive integer or None, got {value!r}")
+                raise XauditError(f"{label} must be a positive integer or None, got {shown(value)}")
         if segmentation_params is not None and not isinstance(segmentation_params, Mapping):
             raise XauditError(f"segmentation_params must be a dict of scikit-image arguments, "
                               f"got {type(segmentation_params).__name__}")

@@ -13,6 +13,10 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, Explainer, input_kind
+from ._params import constant_baseline, is_integer, shown
+
+#: What ``window`` and ``stride`` take per kind of input, beside one number (said in errors).
+_FORMS = {"image": "(height, width)", "sequence": "(steps,)"}
 
 
 class Occlusion(Explainer):
@@ -21,9 +25,11 @@ class Occlusion(Explainer):
 
     ``window`` is the side of a square patch for images (all channels at once) or a number of time steps
     for sequences (all features at once); by default a quarter of the image's shorter side (2×2 on 8×8)
-    or a tenth of the sequence (at least 2 steps). ``stride`` defaults to half the window (overlapping
-    windows give smoother maps); it may not exceed the window. Forward passes only: the number of model
-    evaluations per sample is the number of windows plus one for the unoccluded input.
+    or a tenth of the sequence (at least 2 steps). A rectangular patch is ``(height, width)``. ``stride``
+    defaults to half the window (overlapping windows give smoother maps), one number or ``(height, width)``;
+    it may not exceed the window. (captum's ``sliding_window_shapes`` also has an entry for the channels,
+    which are always occluded together here: window=(2, 2) is captum's (C, 2, 2).) Forward passes only: the
+    number of model evaluations per sample is the number of windows plus one for the unoccluded input.
 
     Computes what captum's ``Occlusion`` computes with the same window, strides and baseline (windows start
     at 0 and step until the input is covered, the last one cut off at the edge; each feature gets
@@ -37,19 +43,23 @@ class Occlusion(Explainer):
     # rows of all samples and windows are streamed ctx.row_batch at a time: chunks sized by windows instead
     # meant one model call per 5 samples on 8×8 digits, 1.9× the time of captum called once (bench_explain.py)
     streams_rows = True
+    groups_regions = True  # windows/segments/features of neighbouring elements: along L on N×C×L data
 
-    def __init__(self, model: nn.Module, *, window: int | None = None, stride: int | None = None,
-                 baseline: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, *, window: int | tuple[int, ...] | None = None,
+                 stride: int | tuple[int, ...] | None = None, baseline: float = 0.0) -> None:
         super().__init__(model)
-        for label, value in (("window", window), ("stride", stride)):
-            if value is not None and int(value) < 1:
-                raise XauditError(f"occlusion {label} must be at least 1, got {value}")
-        if window is not None and stride is not None and stride > window:
-            raise XauditError(f"occlusion stride {stride} is larger than the window {window}: features "
-                              "between windows would never be occluded; use stride <= window")
-        self.window = None if window is None else int(window)
-        self.stride = None if stride is None else int(stride)
-        self.baseline = float(baseline)
+        self.window = _window_param("window", window)
+        self.stride = _window_param("stride", stride)
+        if self.window is not None and self.stride is not None:
+            n = max(len(v) if isinstance(v, tuple) else 1 for v in (self.window, self.stride))
+            sides, steps = _per_dim(self.window, n), _per_dim(self.stride, n)
+            if len(sides) != len(steps):
+                raise XauditError(f"occlusion window {window} and stride {stride} have different numbers of "
+                                  "entries: give both per dimension, or one of them as one number")
+            if any(st > w for st, w in zip(steps, sides)):
+                raise XauditError(f"occlusion stride {stride} is larger than the window {window}: features "
+                                  "between windows would never be occluded; use stride <= window")
+        self.baseline = constant_baseline(self.name, baseline)
 
     def get_params(self) -> dict[str, Any]:
         return {"window": self.window, "stride": self.stride, "baseline": self.baseline}
@@ -64,15 +74,27 @@ class Occlusion(Explainer):
     def geometry(self, sample_shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Sliding window shape and strides for one sample of ``sample_shape`` (captum's arguments)."""
         shape = tuple(int(s) for s in sample_shape)
-        if input_kind(shape) == "image":
+        kind = input_kind(shape)
+        window, stride = (self._for(label, value, kind) for label, value in (("window", self.window),
+                                                                               ("stride", self.stride)))
+        if kind == "image":
             channels, height, width = shape
-            side = self.window or max(1, min(height, width) // 4)
-            kh, kw = min(side, height), min(side, width)
-            step = self.stride or max(1, side // 2)
-            return (channels, kh, kw), (channels, min(step, kh), min(step, kw))
+            sides = window or (max(1, min(height, width) // 4),) * 2
+            kh, kw = min(sides[0], height), min(sides[1], width)
+            step = stride or tuple(max(1, side // 2) for side in sides)
+            return (channels, kh, kw), (channels, min(step[0], kh), min(step[1], kw))
         steps, features = shape
-        span = min(self.window or max(2, steps // 10), steps)
-        return (span, features), (min(self.stride or max(1, span // 2), span), features)
+        span = min(window[0] if window else max(2, steps // 10), steps)
+        return (span, features), (min(stride[0] if stride else max(1, span // 2), span), features)
+
+    def _for(self, label: str, value: int | tuple[int, ...] | None, kind: str) -> tuple[int, ...] | None:
+        """``window`` or ``stride`` per slid dimension of ``kind`` inputs (images: 2, sequences: 1), or None."""
+        n = 2 if kind == "image" else 1
+        if isinstance(value, tuple) and len(value) != n:
+            raise XauditError(f"occlusion {label} {value} does not fit {kind} inputs: for {kind}s it is one number "
+                              f"or {_FORMS[kind]} (the {'channels' if kind == 'image' else 'features'} are "
+                              f"occluded together); pass e.g. {label}={_example(kind)}")
+        return None if value is None else _per_dim(value, n)
 
     def n_windows(self, sample_shape: Sequence[int]) -> int:
         """Window positions per sample, counted as captum counts them (a last partial step included)."""
@@ -96,6 +118,35 @@ class Occlusion(Explainer):
         # per sample: f(x) − f(x with window k blanked), one value per window position
         drops = (scores[:, :1] - scores[:, 1:]).reshape(len(inputs), *(len(c) for c in covers))
         return spread_over_windows(drops, covers)
+
+
+def _window_param(label: str, value: Any) -> int | tuple[int, ...] | None:
+    """``window`` or ``stride`` checked at construction: None, a positive integer, or one per slid dimension
+    ((height, width) for images, (steps,) for sequences; which applies is known at the call)."""
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)) and 1 <= len(value) <= 2 and all(is_integer(v) for v in value):
+        entries = tuple(int(v) for v in value)
+    elif is_integer(value):
+        entries = (int(value),)
+    elif isinstance(value, (tuple, list)) and len(value) == 3:
+        raise XauditError(f"occlusion {label} {tuple(value)} has an entry per input dimension, as captum's, but the "
+                          f"channels are always occluded together here: give (height, width), e.g. "
+                          f"{label}={tuple(value)[1:]}")
+    else:
+        raise XauditError(f"occlusion {label} must be a positive integer, or (height, width) for images, got "
+                          f"{shown(value)}: pass e.g. {label}=2 or {label}=(2, 3)")
+    if min(entries) < 1:
+        raise XauditError(f"occlusion {label} must be at least 1, got {value}")
+    return entries if isinstance(value, (tuple, list)) else entries[0]
+
+
+def _per_dim(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
+    return value if isinstance(value, tuple) else (value,) * n
+
+
+def _example(kind: str) -> str:
+    return "(2, 3)" if kind == "image" else "4"
 
 
 def window_covers(sample_shape: Sequence[int], window: Sequence[int], strides: Sequence[int],

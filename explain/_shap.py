@@ -12,6 +12,7 @@ returns only the explained target's logit, one sample at a time, so it explains 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from xaudit.models._errors import XauditError
 from ._base import CallContext, CountingModel, Explainer
 from ._compat import cached_hook_safe_copy, copy_refusal, hook_safe_copy, library
 from ._model_call import manual_seed, rng_devices, target_gradient
+from ._params import integer_param, number_param
 from ._rescale import SHAP_RESCALE_MODULES, rescale_ready, rescale_rule
 
 #: The activation modules shap's DeepExplainer has a DeepLIFT rule for (``deep_pytorch.op_handler``); any
@@ -144,12 +146,8 @@ class ShapGradient(ShapExplainer):
 
     def __init__(self, model: nn.Module, *, nsamples: int = 200, local_smoothing: float = 0.0) -> None:
         super().__init__(model)
-        if int(nsamples) < 1:
-            raise XauditError(f"nsamples must be at least 1, got {nsamples}")
-        if not float(local_smoothing) >= 0.0:
-            raise XauditError(f"local_smoothing must be >= 0, got {local_smoothing}")
-        self.nsamples = int(nsamples)
-        self.local_smoothing = float(local_smoothing)
+        self.nsamples = integer_param("nsamples", nsamples, minimum=1, example=200)
+        self.local_smoothing = number_param("local_smoothing", local_smoothing, minimum=0.0, example=0.0)
 
     def get_params(self) -> dict[str, Any]:
         return {"nsamples": self.nsamples, "local_smoothing": self.local_smoothing}
@@ -217,7 +215,7 @@ class ShapDeep(ShapExplainer):
     ``shap.DeepExplainer``); an activation module applied twice in ``forward`` (ResNet's basic block), which
     shap's hooks get wrong, pairs each of its calls with the references' same call. Models with max-pooling
     or softmax modules go through shap itself, one sample at a time against the background (2 rows per
-    reference and sample).
+    reference and sample); in bfloat16 those are refused, as shap converts to numpy, which has no bfloat16.
 
     shap's own additivity check raises on plain CNNs (shap #3938, #3363); we turn it off and return the
     per-sample gap sum(φ) − (f(x) − E[f(background)]) in ``extras["additivity_error"]`` instead, with
@@ -239,7 +237,17 @@ class ShapDeep(ShapExplainer):
     memory_factor = 1.8
 
     def _rule_refusal(self, sample_shape: tuple[int, ...]) -> str | None:
-        return copy_refusal(self._safe_copy, self.model, sample_shape)
+        reason = copy_refusal(self._safe_copy, self.model, sample_shape)
+        if reason or self._native():
+            return reason
+        floating = next((t for t in itertools.chain(self.model.parameters(), self.model.buffers())
+                         if t.is_floating_point()), None)
+        if floating is not None and floating.dtype == torch.bfloat16:
+            # shap turns the model's outputs and gradients into numpy arrays; the native rule needs no numpy
+            return ("shap_deep runs this model (it has max-pooling or softmax modules) through shap's DeepExplainer, "
+                    "which converts outputs to numpy, and numpy has no bfloat16: use model.float() with float32 "
+                    "inputs for shap_deep, or choose another method")
+        return None
 
     def _native(self) -> bool:
         return rescale_ready(self.model, SHAP_RESCALE_MODULES)

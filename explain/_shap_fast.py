@@ -27,6 +27,7 @@ from torch import nn
 from xaudit.models._errors import XauditError
 
 from ._base import CallContext, input_kind
+from ._params import is_integer, shown
 from ._shap import ShapExplainer
 from ._shap_estimators import (constrained_wls, grid_tree, kernel_budget, kernel_design, owen_expansions,
                                owen_known_coalitions, owen_values)
@@ -156,20 +157,22 @@ class _FastShap(ShapExplainer):
     # by coalitions held one sample each, so Partition SHAP's rounds made model calls of a few rows: 3-12× the
     # time of its evaluations in batches (bench_explain.py)
     streams_rows = True
+    groups_regions = True  # windows/segments/features of neighbouring elements: along L on N×C×L data
 
     def __init__(self, model: nn.Module, *, feature_grid: tuple[int, int] | None = None,
                  time_window: int | None = None, baseline: str = "mean") -> None:
         super().__init__(model)
         if feature_grid is not None:
-            grid = tuple(feature_grid)
-            if len(grid) != 2 or any(int(g) != g or g < 1 for g in grid):
+            grid = tuple(feature_grid) if isinstance(feature_grid, (tuple, list)) else ()
+            if len(grid) != 2 or not all(is_integer(g) and g >= 1 for g in grid):
                 raise XauditError("feature_grid must be two positive integers (patch height, width), "
-                                  f"got {feature_grid!r}")
+                                  f"got {shown(feature_grid)}: pass e.g. feature_grid=(2, 2)")
             feature_grid = (int(grid[0]), int(grid[1]))
-        if time_window is not None and (int(time_window) != time_window or time_window < 1):
-            raise XauditError(f"time_window must be a positive integer (time steps per feature), got {time_window!r}")
+        if time_window is not None and (not is_integer(time_window) or time_window < 1):
+            raise XauditError(f"time_window must be a positive integer (time steps per feature), got "
+                              f"{shown(time_window)}: pass e.g. time_window=4")
         if baseline not in _BASELINES:
-            raise XauditError(f"baseline must be one of {', '.join(_BASELINES)}, got {baseline!r}")
+            raise XauditError(f"baseline must be one of {', '.join(_BASELINES)}, got {shown(baseline)}")
         self.feature_grid = feature_grid
         self.time_window = None if time_window is None else int(time_window)
         self.baseline = baseline
@@ -236,8 +239,9 @@ class ShapKernel(_FastShap):
     def __init__(self, model: nn.Module, *, nsamples: int | None = None, feature_grid: tuple[int, int] | None = None,
                  time_window: int | None = None, baseline: str = "mean") -> None:
         super().__init__(model, feature_grid=feature_grid, time_window=time_window, baseline=baseline)
-        if nsamples is not None and (int(nsamples) != nsamples or nsamples < 2):
-            raise XauditError(f"nsamples must be an integer >= 2 (or None for 2·features + 2048), got {nsamples!r}")
+        if nsamples is not None and (not is_integer(nsamples) or nsamples < 2):
+            raise XauditError(f"nsamples must be an integer >= 2 (or None for 2·features + 2048), got "
+                              f"{shown(nsamples)}")
         self.nsamples = None if nsamples is None else int(nsamples)
 
     def get_params(self) -> dict[str, Any]:
@@ -285,8 +289,8 @@ class ShapPartition(_FastShap):
     def __init__(self, model: nn.Module, *, max_evals: int = 500, feature_grid: tuple[int, int] | None = None,
                  time_window: int | None = None, baseline: str = "mean") -> None:
         super().__init__(model, feature_grid=feature_grid, time_window=time_window, baseline=baseline)
-        if int(max_evals) != max_evals or max_evals < 4:
-            raise XauditError(f"max_evals must be an integer >= 4, got {max_evals!r}")
+        if not is_integer(max_evals) or max_evals < 4:
+            raise XauditError(f"max_evals must be an integer >= 4, got {shown(max_evals)}")
         self.max_evals = int(max_evals)
 
     def get_params(self) -> dict[str, Any]:
