@@ -114,7 +114,14 @@ def layer_grad_cam(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, tar
     gradient, map = ReLU(Σ_c weight_c · A_c) (Selvaraju et al. 2017, eqs. 1-2; captum's LayerGradCam).
     ``name`` is the layer's, for errors."""
     outputs: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+
+    def keep(_module: nn.Module, _args: Any, out: Any) -> Any:
+        # the model continues on a copy: an in-place op after the layer (Conv → nn.ReLU(inplace=True), VGG's
+        # layout) would otherwise overwrite the feature maps kept here, and the map would be of ReLU(A)
+        outputs.append(out)
+        return out.clone() if isinstance(out, torch.Tensor) else out
+
+    handle = layer.register_forward_hook(keep)
     try:
         with torch.enable_grad():
             logits = model(inputs)

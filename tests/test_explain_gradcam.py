@@ -36,3 +36,16 @@ def test_gradcam_explanation_is_captums_map_upsampled() -> None:
     cam = LayerGradCam(model, model[2]).attribute(x.clone().requires_grad_(True), target=targets, relu_attributions=True)
     theirs = LayerAttribution.interpolate(cam, (8, 8), interpolate_mode="bilinear").expand_as(x)
     torch.testing.assert_close(ours, theirs.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_in_place_relu_after_the_layer_leaves_the_map_as_captums() -> None:
+    # VGG's layout: Conv → nn.ReLU(inplace=True); the ReLU must not overwrite the feature maps the map is made of
+    model = _cnn()
+    model[3] = nn.ReLU(inplace=True)
+    x = torch.rand(5, 1, 8, 8)
+    targets = torch.tensor([4, 3, 2, 1, 0])
+    ours = explain(model, x, method="gradcam", target=targets).attributions
+    model[3] = nn.ReLU()  # the same weights out of place, for captum
+    cam = LayerGradCam(model, model[2]).attribute(x.clone().requires_grad_(True), target=targets, relu_attributions=True)
+    theirs = LayerAttribution.interpolate(cam, (8, 8), interpolate_mode="bilinear").expand_as(x)
+    torch.testing.assert_close(ours, theirs.detach(), rtol=1e-5, atol=1e-6)
