@@ -446,13 +446,16 @@ class SmoothGrad(Explainer):
 
     ``stdev`` is the noise standard deviation relative to each sample's value range (x_max − x_min), the
     paper's "noise level" (10–20% works best, sec. 3.1). ``base_params`` go to the wrapped method.
+
+    One call draws ``n_samples`` standard-normal noise patterns (from its seed) and every sample gets the
+    same patterns, scaled by its own range: a sample's map does not depend on the batch or chunk it is in,
+    and a slightly perturbed input gets the noise its original got, so max-sensitivity measures the
+    method's sensitivity, not a new draw (with one stream per batch position it read 12× saliency's).
     """
 
     name = "smoothgrad"
     paper = "Smilkov, Thorat, Kim, Viégas & Wattenberg 2017"
     is_stochastic = True
-    # the noise a sample gets depends on its position in the batch (one generator stream)
-    batch_invariant = False
 
     def __init__(self, model: nn.Module, *, base: str = "saliency", n_samples: int = 25, stdev: float = 0.15,
                  **base_params: Any) -> None:
@@ -502,11 +505,26 @@ class SmoothGrad(Explainer):
         sigma = self.stdev * (x.amax(dims, keepdim=True) - x.amin(dims, keepdim=True))
         rows = torch.arange(len(x), device=x.device).repeat_interleave(self.n_samples)
         per_call = max(1, ctx.row_batch // max(self._base_counts(x.shape[1:])[0], 1))
+        draw = torch.arange(len(x) * self.n_samples, device=x.device) % self.n_samples
+        noise = self._noise(x, ctx)
         total = torch.zeros_like(x)
         for start in range(0, len(rows), per_call):
             idx = rows[start:start + per_call]
-            noisy = x[idx] + torch.randn_like(x[idx]) * sigma[idx]
+            noisy = x[idx] + noise[draw[start:start + per_call]] * sigma[idx]
             out = self.base_explainer._attribute(model, noisy.requires_grad_(True), targets[idx], ctx)
             attr = out[0] if isinstance(out, tuple) else out
             total.index_add_(0, idx, attr.detach().to(total.dtype))
         return total / self.n_samples
+
+    def _noise(self, x: torch.Tensor, ctx: CallContext) -> torch.Tensor:
+        """The call's ``n_samples`` noise patterns (n_samples × sample shape), drawn once and shared by its
+        chunks: from a private generator seeded by the call's seed, or, with ``seed=None``, from torch's."""
+        key = ("smoothgrad_noise", tuple(x.shape[1:]), x.dtype)
+        if key not in ctx.memo:
+            shape = (self.n_samples, *x.shape[1:])
+            if ctx.seed is None:
+                ctx.memo[key] = torch.randn(shape, dtype=x.dtype, device=x.device)
+            else:
+                generator = torch.Generator(device=x.device).manual_seed(ctx.seed)
+                ctx.memo[key] = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
+        return ctx.memo[key]

@@ -13,7 +13,6 @@ drops segments calls ``lime.lime_base.LimeBase`` itself.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import math
 from collections.abc import Mapping, Sequence
@@ -55,16 +54,16 @@ _SKIMAGE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
 # --------------------------------------------------------------------------------------- lime's statistics
 
 
-def sample_seed(seed: int, sample: torch.Tensor) -> int:
-    """Seed of one sample's perturbation generator, from the call's seed and the sample's values.
+def sample_seed(seed: int) -> int:
+    """Seed of every sample's perturbation generator in a call with ``seed``: the seed itself, in the 32 bits
+    ``np.random.RandomState`` (lime's generator) takes.
 
-    Keyed on content rather than on the position in the batch, so a sample gets the same perturbations
-    whatever batch or chunk it is explained in (lime's own ``random_seed`` only seeds segmentation,
-    lime #477, #683). Fits in 32 bits for ``np.random.RandomState``, lime's generator.
+    The same for every sample, not keyed on its position or its values: a sample gets the same perturbations
+    whatever batch or chunk it is explained in (lime's own ``random_seed`` only seeds segmentation, lime #477,
+    #683), and a slightly perturbed input gets the masks its original got, so max-sensitivity measures LIME,
+    not a new draw (keyed on the values, any change drew anew).
     """
-    digest = hashlib.blake2b(int(seed).to_bytes(8, "little", signed=True), digest_size=4)
-    digest.update(np.ascontiguousarray(sample.detach().to("cpu", torch.float32).numpy()).tobytes())
-    return int.from_bytes(digest.digest(), "little")
+    return int(seed) % 2**32
 
 
 def lime_masks(rng: np.random.RandomState, num_samples: int, n_features: int) -> np.ndarray:
@@ -204,9 +203,9 @@ class Lime(Explainer):
     and nothing would be masked. ``num_features`` (None: all) and ``feature_selection`` are lime's; segments
     not selected get 0.
 
-    Each sample's perturbations come from a generator seeded by the call's seed and the sample's values
-    (:func:`sample_seed`), so results are reproducible and do not depend on the batch a sample is in
-    (``batch_invariant``); ``seed=None`` draws fresh perturbations.
+    Every sample's perturbations come from a generator seeded by the call's seed (:func:`sample_seed`), so
+    results are reproducible and do not depend on the batch a sample is in (``batch_invariant``);
+    ``seed=None`` draws fresh perturbations.
     """
 
     name = "lime"
@@ -345,7 +344,7 @@ class Lime(Explainer):
         samples = []
         for sample in inputs:
             # seed=None: fresh perturbations from the caller's global numpy generator
-            seed = (sample_seed(ctx.seed, sample) if ctx.seed is not None
+            seed = (sample_seed(ctx.seed) if ctx.seed is not None
                     else int(np.random.randint(0, 2**32, dtype=np.int64)))
             segments = self.segments(sample, seed)
             masks = lime_masks(np.random.RandomState(seed), self.num_samples, int(segments.max()) + 1)

@@ -12,6 +12,7 @@ All randomization happens on a deep copy; the user's model is never touched.
 from __future__ import annotations
 
 import copy
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ def parametrized_layers(model: nn.Module, sample: torch.Tensor) -> list[str]:
     """Names of the modules that own parameters, in the order a forward pass of ``sample`` first calls them.
 
     Registration order is not execution order (a head may be defined first), so the order is observed.
-    Modules the forward pass never calls are left out: randomizing them could not change the map.
+    A module the forward pass never calls is left out of the list; its parameters are randomized with its
+    nearest called ancestor's (:func:`layer_parameters`): ``nn.MultiheadAttention`` reads ``out_proj.weight``
+    without calling ``out_proj``.
     """
     if isinstance(model, torch.jit.ScriptModule):
         # the call order is observed with forward hooks, which TorchScript modules cannot take
@@ -61,6 +64,26 @@ def parametrized_layers(model: nn.Module, sample: torch.Tensor) -> list[str]:
         for h in handles:
             h.remove()
     return seen
+
+
+def layer_parameters(model: nn.Module, layers: Sequence[str]) -> dict[str, list[str]]:
+    """For each called layer, the modules randomized with it: itself and every parametrized descendant that is
+    never called on its own (nearest called ancestor wins). Parametrized modules with no called ancestor among
+    ``layers`` (their weights read by a parameterless parent's ``forward``) go with the first layer the pass
+    calls, so the fully randomized model keeps no trained weight."""
+    called = set(layers)
+    groups: dict[str, list[str]] = {name: [name] for name in layers}
+    for name, module in model.named_modules():
+        if name in called or not any(True for _ in module.parameters(recurse=False)):
+            continue
+        parts = name.split(".")
+        owner = next((".".join(parts[:k]) for k in range(len(parts) - 1, -1, -1) if ".".join(parts[:k]) in called),
+                     None)
+        if owner is None and layers:
+            owner = layers[0]
+        if owner is not None:
+            groups[owner].append(name)
+    return groups
 
 
 def reinitialize(module: nn.Module, seed: int) -> None:
@@ -177,15 +200,27 @@ class ModelRandomization(QualityMetric):
             raise XauditError("the model has no parametrized layers to randomize: the sanity check needs a "
                               "trained model with weights")
         trained, shape = relevance_map(exp.attributions, absolute=True)
+        # a sample whose trained map is constant (a dead, all-zero map) has no ranking to lose: its correlation
+        # would read 0, "decorrelated", so it is left out, and a method with no ranked sample cannot pass
+        ranked = (trained.amax(1) > trained.amin(1)).numpy()
+        if not ranked.any():
+            steps = (math.nan,) * len(layers)
+            return {"value": math.nan, "layers": tuple(reversed(layers)), "spearman": steps, "ssim": steps,
+                    "passed": False, "dominated_by_input": False,
+                    "verdict": (f"{exp.method} cannot pass the model-randomization check: its map on the trained "
+                                "model is constant for every sample (e.g. all zero), so there is no ranking for "
+                                "randomization to destroy.")}
+        groups = layer_parameters(ctx.raw_model, layers)
         randomized = copy.deepcopy(ctx.raw_model)
         spearman, ssim = [], []
         for name in reversed(layers):
-            reinitialize(randomized.get_submodule(name), layer_seed(ctx.seed, name))
+            for member in groups[name]:
+                reinitialize(randomized.get_submodule(member), layer_seed(ctx.seed, member))
             again = rebuild_explainer(explainer, randomized, ctx.background).explain(x, exp.targets, seed=ctx.seed)
             ctx.add_cost(again.cost)
             other, _ = relevance_map(again.attributions, absolute=True)
-            spearman.append(mean_finite(spearman_rows(trained, other)))
-            ssim.append(mean_finite(ssim_maps(trained, other, shape)))
+            spearman.append(mean_finite(spearman_rows(trained, other)[ranked]))
+            ssim.append(mean_finite(ssim_maps(trained, other, shape)[ranked]))
         return {"value": spearman[-1], "layers": tuple(reversed(layers)), "spearman": tuple(spearman),
                 "ssim": tuple(ssim), **self.judge(exp.method, spearman)}
 

@@ -40,7 +40,9 @@ class QualitySection(Section):
 
     def template_vars(self, ctx: ReportContext, report: Mapping[str, Any]) -> dict[str, Any]:
         scored = _scored(report)
-        cascades = [m for m in scored if m["quality"].get("randomization_similarity")]
+        # a method whose trained map had no ranking has no cascade to draw (its steps are null)
+        cascades = [m for m in scored
+                    if any(v is not None for v in m["quality"].get("randomization_similarity") or ())]
         agreement = report["agreement"]
         return {"scored": scored,
                 "randomization_uri": figures.randomization_curves(cascades) if cascades else None,

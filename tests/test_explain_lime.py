@@ -89,7 +89,7 @@ def test_same_masks_give_lime_images_weights_exactly(digits: tuple[nn.Module, to
     for i in range(3):
         target = int(exp.targets[i])
         # lime_image draws its masks from RandomState(random_state) exactly as xaudit draws them
-        ref, result = lime_image_weights(model, x[i], target, sample_seed(0, x[i]))
+        ref, result = lime_image_weights(model, x[i], target, sample_seed(0))
         np.testing.assert_allclose(exp.attributions[i, 0].flatten().numpy(), ref, atol=1e-6)
         assert exp.extras["intercept"][i].item() == pytest.approx(result.intercept[target], abs=1e-6)
         assert exp.extras["local_r2"][i].item() == pytest.approx(result.score, abs=1e-6)
@@ -100,7 +100,7 @@ def test_segment_mean_hiding_matches_lime_image(digits: tuple[nn.Module, torch.T
     exp = explain(model, x[:2], "lime", seed=3, hide_color=None, segment_size=2, num_samples=300)
     grid = np.arange(16).reshape(4, 4).repeat(2, axis=0).repeat(2, axis=1)
     for i in range(2):
-        ref, _ = lime_image_weights(model, x[i], int(exp.targets[i]), sample_seed(3, x[i]), segments=grid,
+        ref, _ = lime_image_weights(model, x[i], int(exp.targets[i]), sample_seed(3), segments=grid,
                                     hide_color=None, num_samples=300)
         np.testing.assert_allclose(exp.attributions[i, 0].numpy(), ref[grid], atol=1e-6)
 
@@ -109,7 +109,7 @@ def test_segment_mean_hiding_matches_lime_image(digits: tuple[nn.Module, torch.T
 def test_feature_selection_goes_through_lime_base(digits: tuple[nn.Module, torch.Tensor], selection: str) -> None:
     model, x = digits
     exp = explain(model, x[:1], "lime", seed=1, num_features=3, feature_selection=selection, num_samples=200)
-    ref, _ = lime_image_weights(model, x[0], int(exp.targets[0]), sample_seed(1, x[0]), num_samples=200,
+    ref, _ = lime_image_weights(model, x[0], int(exp.targets[0]), sample_seed(1), num_samples=200,
                                 num_features=3, feature_selection=selection)
     ours = exp.attributions[0, 0].flatten().numpy()
     assert 0 < np.count_nonzero(ours) <= 3

@@ -146,3 +146,29 @@ def test_metric_cost_counts_the_evaluations_it_caused() -> None:
     n_layers = 2  # conv and linear
     assert rnd.cost.forward_evals >= n_layers * exp.cost.forward_evals
     assert rnd.cost.backward_evals == n_layers * exp.cost.backward_evals
+
+
+@pytest.mark.parametrize("method", ["smoothgrad", "lime", "saliency"])
+def test_max_sensitivity_vanishes_with_the_radius_for_seeded_methods(method: str) -> None:
+    # Yeh et al. 2019, eq. 5: max over ||y - x|| <= r of ||Phi(y) - Phi(x)|| goes to 0 with r for a method that is a
+    # function of (input, seed); a stochastic method must give a perturbed input the draws its original got
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3))
+    x, t = torch.randn(4, 6, 2), torch.tensor([0, 1, 2, 0])
+    explainer = xe.get_explainer(method)(model)
+    exp = explainer.explain(x, t, seed=0)
+    metric = xe.get_metric("max_sensitivity")
+    tiny = metric(radius_scale=1e-6).compute(model, exp, explainer=explainer).value
+    usual = metric(radius_scale=0.02).compute(model, exp, explainer=explainer).value
+    assert tiny < 1e-3 and usual > 10 * tiny
+
+
+def test_smoothgrad_noise_does_not_depend_on_the_batch() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3))
+    x = torch.randn(5, 6, 2)
+    explainer = xe.get_explainer("smoothgrad")(model, n_samples=8)
+    whole = explainer.explain(x, 1, seed=3).attributions
+    torch.testing.assert_close(explainer.explain(x[3:4], 1, seed=3).attributions, whole[3:4])
+    torch.testing.assert_close(explainer.explain(x, 1, seed=3, batch_size=2).attributions, whole)
+    assert not torch.allclose(explainer.explain(x, 1, seed=4).attributions, whole)

@@ -217,3 +217,48 @@ def test_a_method_with_background_is_refitted_or_refused() -> None:
         xe.ModelRandomization().compute(model, exp, explainer=explainer)
     background = _x(5)
     assert rebuild_explainer(explainer, copy.deepcopy(model), background).background_ is background
+
+
+class _Attention(nn.Module):
+    """nn.MultiheadAttention reads out_proj.weight without calling out_proj: a module the pass never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.att, self.head = nn.Linear(2, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        h, _ = self.att(h, h, h)
+        return self.head(h.mean(1))
+
+
+def test_the_fully_randomized_model_keeps_no_trained_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    import xaudit.explain._sanity as sanity
+
+    torch.manual_seed(0)
+    model, x = _Attention(), torch.randn(4, 6, 2)
+    redrawn: list[nn.Module] = []
+    original = sanity.reinitialize
+
+    def spy(module: nn.Module, seed: int) -> None:
+        redrawn.append(module)
+        original(module, seed)
+
+    monkeypatch.setattr(sanity, "reinitialize", spy)
+    explainer = xe.get_explainer("saliency")(model)
+    xe.get_metric("model_randomization")().compute(model, explainer.explain(x), explainer=explainer)
+    names = {type(m).__name__ + ":" + str(tuple(p.shape for p in m.parameters(recurse=False))) for m in redrawn}
+    owners = {type(m).__name__ + ":" + str(tuple(p.shape for p in m.parameters(recurse=False)))
+              for m in model.modules() if any(True for _ in m.parameters(recurse=False))}
+    assert names == owners  # out_proj (NonDynamicallyQuantizableLinear) included, through its parent "att"
+
+
+def test_a_constant_trained_map_cannot_pass() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.ReLU(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].bias.fill_(-100.0)  # every ReLU dead: the gradient, and so the saliency map, is zero everywhere
+    explainer = xe.get_explainer("saliency")(model)
+    result = xe.get_metric("model_randomization")().compute(model, explainer.explain(torch.rand(3, 6, 2)),
+                                                             explainer=explainer)
+    assert result.passed is False and "constant" in result.verdict

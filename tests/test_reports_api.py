@@ -161,3 +161,18 @@ def test_json_safe_and_write_report_into_new_dirs(image_report: Report, tmp_path
                                                                                     "c": None}
     files = write_report(image_report, tmp_path / "deep" / "er")
     assert files.json == tmp_path / "deep" / "er" / "report.json" and files.json.is_file()
+
+
+def test_a_method_whose_map_is_all_zero_is_reported_as_failing_the_sanity_check() -> None:
+    data = _dataset("image")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].bias.fill_(-100.0)  # every ReLU dead: saliency is zero everywhere
+    report = build_report(model, data, methods=["saliency", "occlusion"], n_explain=3)
+    assert_report_contract(report.json)
+    quality = next(m for m in report.json["methods"] if m["name"] == "saliency")["quality"]
+    assert quality["sanity_passed"] is False and "no ranking" in quality["verdict"]
+    html = report.to_html()
+    assert_self_contained(html)
+    assert "no ranking for randomization to destroy" in html
