@@ -55,16 +55,20 @@ _UNITS = {"": 1, "b": 1,
 def parse_bytes(text: str | int | float) -> int:
     """Parse ``"2GiB"``, ``"512MiB"``, ``"1.5g"``, ``"500MB"`` or a plain number of bytes. KiB/MiB/GiB/TiB and
     the bare k/m/g/t are binary (1g = 1GiB = 2³⁰ bytes); kB/MB/GB/TB are decimal (1GB = 10⁹ bytes)."""
-    if isinstance(text, (int, float)):
-        value = int(text)
+    fix = "write it like 512MiB, 2GiB or 1073741824"
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if not -float("inf") < text < float("inf"):  # NaN too
+            raise XauditError(f"cannot read memory size {text!r}: {fix}")
+        amount: float = text
     else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+        # a sign is read so that -5 and 0 get the same "at least one byte" error
+        match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
         if not match or match.group(2).lower() not in _UNITS:
-            raise XauditError(f"cannot read memory size {text!r}: write it like 2GiB, 512MiB or 1073741824")
-        value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if value <= 0:
-        raise XauditError(f"memory budget must be positive, got {text!r}")
-    return value
+            raise XauditError(f"cannot read memory size {text!r}: {fix}")
+        amount = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if amount < 1:  # 0.5 bytes is positive, but no whole byte
+        raise XauditError(f"memory budget must be at least one byte, got {str(text)!r}: {fix}")
+    return int(amount)
 
 
 _BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar("xaudit_memory_budget", default=None)

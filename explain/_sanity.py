@@ -311,7 +311,7 @@ class SeedStability(QualityMetric):
                  explainer: Explainer | None) -> dict[str, Any]:
         exp = explanations[0]
         assert explainer is not None
-        seeds = tuple(ctx.seed + i for i in range(self.n_seeds))
+        seeds = tuple((ctx.seed + i) % 2**32 for i in range(self.n_seeds))  # numpy takes 32-bit seeds
         maps = []
         for s in seeds:
             again = explainer.explain(exp.inputs, exp.targets, seed=s)

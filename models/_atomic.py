@@ -11,6 +11,10 @@ the link points to (created if missing) and the link stays. A destination that e
 file (a FIFO, a device such as ``/dev/full``, a socket, a directory) is refused: renaming over it would
 swap the node itself for a regular file (as root, the device node).
 
+The same file kinds are refused on the reading side (:func:`refuse_special_file`): every input file
+(``--data``, ``--model``, ``--state-dict``, ``--policy``, ``--report``) is checked before it is opened, since
+opening a FIFO blocks until a writer comes and reading ``/dev/zero`` never ends.
+
 This lives in ``models/`` because model files, run-directory records and the training cache are written
 here, and ``models/`` imports nothing from ``reports/``; ``reports/_atomic.py`` re-exports these names.
 """
@@ -54,10 +58,32 @@ def regular_file_target(path: str | os.PathLike[str], *, option: str | None = No
         raise XauditError(f"cannot write to {said} ({exc.strerror}): choose another path") from None
     if stat.S_ISREG(mode):
         return target
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+    kind = _kind(mode)
     via = f" (the symlink points to {str(target)!r})" if target != path else ""
     raise XauditError(f"{said} is not a regular file: it is {kind}{via}, which xaudit does not overwrite; "
                       f"choose a path to a regular file, or a new one")
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+
+
+def refuse_special_file(path: str | os.PathLike[str], *, what: str, fix: str) -> None:
+    """A one-line :class:`XauditError` when the input ``path`` exists but is not a regular file (symlinks are
+    followed): ``"<what> 'p' is a directory, not a file: <fix>"``, or a FIFO, device or socket, ``not a regular
+    file``. A missing path passes, for the caller's own "not found" message. Nothing is opened."""
+    label = str(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:  # no permission to look, a symlink loop
+        raise XauditError(f"cannot read {what} {label!r} ({exc.strerror}): {fix}") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise XauditError(f"{what} {label!r} is a directory, not a file: {fix}")
+    raise XauditError(f"{what} {label!r} is {_kind(mode)}, not a regular file: {fix}")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import numbers
 import os
 import random
 import warnings
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._atomic import refuse_special_file
 from ._errors import XauditError, XauditWarning, did_you_mean
 
 DATASETS: tuple[str, ...] = ("digits", "digits-seq", "mnist1d")
@@ -23,6 +25,9 @@ DATASETS: tuple[str, ...] = ("digits", "digits-seq", "mnist1d")
 KINDS: tuple[str, ...] = ("image", "sequence")
 
 _NPZ_USAGE = "save it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+
+#: The largest seed: seeds reach numpy and scikit-learn (``random_state``), which take unsigned 32-bit integers.
+MAX_SEED = 2**32 - 1
 
 #: Most classes a user .npz may number without ``class_names``: each class gets a made-up name ("0", "1", …),
 #: so one stray huge label must be refused before a name per class up to it is built.
@@ -117,6 +122,16 @@ class Dataset:
         )
 
 
+def check_seed(seed: object, *, name: str = "seed") -> int:
+    """``seed`` as an int when it is a whole number in 0..:data:`MAX_SEED`, else a one-line :class:`XauditError`
+    naming ``name`` (``"--seed"`` on the command line) and the fix."""
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED:
+        return int(seed)
+    example = f"{name} 0" if name.startswith("--") else f"{name}=0"
+    raise XauditError(f"{name} must be a whole number in 0..{MAX_SEED} (numpy and scikit-learn take 32-bit seeds), "
+                      f"got {seed!r}: pass one in that range, e.g. {example}")
+
+
 def load_dataset(source: str | os.PathLike[str], *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Dataset:
     """Load a built-in dataset by name (see :data:`DATASETS`) or a user ``.npz`` file, with x in ``dtype``.
 
@@ -128,6 +143,7 @@ def load_dataset(source: str | os.PathLike[str], *, seed: int = 0, dtype: torch.
     file defines its own split, so ``seed`` does not apply to either.
     """
     name = os.fspath(source)
+    seed = check_seed(seed)  # for every source, though only the digits split uses it: one rule for all data
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise XauditError(f"data can only be loaded in a floating dtype, not {dtype}: pass e.g. torch.float32")
     if name in ("digits", "digits-seq"):
@@ -216,6 +232,8 @@ def _load_npz(path: Path, dtype: torch.dtype = torch.float32) -> Dataset:
     """Read and validate a user ``.npz`` with x_test, y_test and optionally x_train, y_train, class_names; x is
     cast to ``dtype``."""
     label = str(path)
+    refuse_special_file(path, what="data file",
+                        fix=f"pass the path of an .npz file, or a built-in dataset ({', '.join(DATASETS)})")
     if not path.is_file():
         raise XauditError(
             f"data file not found: {label!r}: check the path, or use a built-in dataset ({', '.join(DATASETS)})"

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from ._atomic import atomic_write
+from ._atomic import atomic_write, refuse_special_file
 from ._errors import UnsafeModelFileError, XauditError
 from ._nets import MODELS, ModelSpec, build_from_spec
 from ._train import EpochRecord, TrainConfig
@@ -40,6 +40,10 @@ _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # torch.save's legacy (pre-1.6) format starts with its magic number pickled as a long (LONG1 opcode, 10 bytes),
 # right after the protocol header; a file without it is a plain pickle.dump, which torch.load cannot read
 _LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[2:-1]
+
+_MODEL_FIX = ("pass a model file (written by save_model or `xaudit train`, or TorchScript), a built-in model name "
+              "or a 'package.module:factory'")
+_STATE_DICT_FIX = "pass a weights file written by torch.save(model.state_dict(), path)"
 
 _RESAVE = ("re-save the model as TorchScript (torch.jit.save(torch.jit.script(model), path)) or as a state dict "
            "(torch.save(model.state_dict(), path), then pass a 'package.module:factory' model with --state-dict)")
@@ -174,6 +178,7 @@ def _from_factory(text: str) -> LoadedModel:
 
 def _from_file(path: Path, trust_pickle: bool) -> LoadedModel:
     label = str(path)
+    refuse_special_file(path, what="model file", fix=_MODEL_FIX)
     if not path.is_file():
         hint = (
             f"{label!r} is a built-in model name, not a file: build and train it with train_model({label!r}, dataset)"
@@ -330,6 +335,13 @@ def _unreadable(label: str, kind: str, exc: BaseException | None, detail: str | 
     )
 
 
+def _unreadable_weights(label: str, kind: str, exc: BaseException | None = None) -> XauditError:
+    """The error for a --state-dict file torch.load cannot read (it is a state dict's, not a model file's)."""
+    detail = f": {type(exc).__name__}: {_torch_detail(exc)}" if exc is not None else ""
+    return XauditError(f"state_dict file {label!r} is not a readable torch.save file ({kind}{detail}): "
+                       f"{_STATE_DICT_FIX}")
+
+
 def _torch_detail(exc: BaseException) -> str:
     """What went wrong, in one line: for a weights_only refusal, the unpickler's own reason ("Unsupported
     operand 149"), not torch's paragraph of advice around it."""
@@ -384,6 +396,7 @@ def _from_payload(payload: Mapping[str, Any], label: str) -> LoadedModel:
 def _load_weights(model: nn.Module, path: Path) -> None:
     """Load a weights file (a state_dict, an xaudit model file or a {"state_dict": ...} checkpoint) into ``model``."""
     label = str(path)
+    refuse_special_file(path, what="state_dict file", fix=_STATE_DICT_FIX)
     if not path.is_file():
         raise XauditError(f"state_dict file not found: {label!r}: check the path")
     fmt = _sniff(path)
@@ -392,8 +405,13 @@ def _load_weights(model: nn.Module, path: Path) -> None:
             f"state_dict file {label!r} is a plain Python pickle (pickle.dump), which xaudit does not unpickle for "
             "weights: save them with torch.save(model.state_dict(), path)"
         )
+    if fmt == "torchscript":
+        raise XauditError(
+            f"state_dict file {label!r} is a TorchScript model, not a state dict: pass it as the model instead "
+            f"(--model {label}, or load_model({label!r})) without --state-dict"
+        )
     if fmt != "torch":
-        raise _unreadable(label, "not a torch.save file", None)
+        raise _unreadable_weights(label, "damaged, or in another format")
     try:
         with _quiet_torch_load():
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -404,7 +422,9 @@ def _load_weights(model: nn.Module, path: Path) -> None:
             raise UnsafeModelFileError(
                 f"state_dict file {label!r} {what}: save it with torch.save(model.state_dict(), path)"
             ) from exc
-        raise _unreadable(label, "corrupt pickle", exc) from exc
+        raise _unreadable_weights(label, "corrupt pickle", exc) from exc
+    except Exception as exc:  # a damaged archive (truncated zip, bad tensor records)
+        raise _unreadable_weights(label, "torch.load failed", exc) from exc
     if isinstance(obj, Mapping):
         # common checkpoint layouts nest the weights one level down
         for key in ("state_dict", "model_state_dict", "model"):
@@ -419,14 +439,30 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     try:
         model.load_state_dict(obj)
     except RuntimeError as exc:
-        problem = _first_line(exc).rstrip(":")
-        missing, unexpected = _key_diff(model, obj)
         raise XauditError(
-            f"state_dict {label!r} doesn't match the model ({problem}; missing {missing}, unexpected {unexpected}): "
+            f"state_dict {label!r} doesn't match the model ({_mismatch(model, obj, exc)}): "
             "load weights saved from the same architecture"
         ) from exc
 
 
-def _key_diff(model: nn.Module, weights: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    want, have = set(model.state_dict()), set(weights)
-    return sorted(want - have)[:3], sorted(have - want)[:3]
+def _mismatch(model: nn.Module, weights: Mapping[str, Any], exc: RuntimeError) -> str:
+    """How ``weights`` differ from ``model``'s state dict, in one line: the first tensor whose shape differs (with
+    both shapes), the keys missing from the file and those the model lacks; torch's own reason when none of these
+    (torch's message puts each on its own line after a header)."""
+    own = model.state_dict()
+    parts: list[str] = []
+    shapes = [(key, tuple(weights[key].shape), tuple(value.shape)) for key, value in own.items()
+              if key in weights and isinstance(value, torch.Tensor) and weights[key].shape != value.shape]
+    if shapes:
+        key, theirs, ours = shapes[0]
+        more = f" (and {len(shapes) - 1} more tensors)" if len(shapes) > 1 else ""
+        parts.append(f"{key} has shape {list(theirs)} in the file but {list(ours)} in the model{more}")
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    for said, keys in (("keys missing from the file", missing), ("keys the model lacks", unexpected)):
+        if keys:
+            listed = ", ".join(map(repr, keys[:3])) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            parts.append(f"{said}: {listed}")
+    if parts:
+        return "; ".join(parts)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else _first_line(exc)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ._backends import Backend, make_backend
-from ._data import Dataset, load_dataset
+from ._data import Dataset, check_seed, load_dataset
 from ._errors import XauditError, did_you_mean
 from ._grid import Grid, SweepPoint, grid_points, grid_to_json, parse_grid
 from ._nets import MODELS, build_model, count_parameters
@@ -185,8 +185,7 @@ def _check_setup(model: str, base: TrainConfig, repeats: int, seed: int) -> None
         raise XauditError(f"repeats must be at least 1, got {repeats}: pass e.g. repeats=3")
     if base.val_fraction <= 0:
         raise XauditError("the sweep recommends on validation accuracy but val_fraction is 0: set it to e.g. 0.1")
-    if int(seed) < 0:
-        raise XauditError(f"seed must be ≥ 0, got {seed}")
+    check_seed(seed)
 
 
 def run_sweep(
@@ -227,7 +226,7 @@ def run_sweep(
     runner = make_backend(backend, workers=workers, address=address)
     dataset = load_sweep_data(data, n_train, n_test)
     points = grid_points(parsed, base, dataset.kind)
-    tasks = [TrialTask(trial_key(p.index, r), p.index, r, model, dataclasses.replace(p.config, seed=seed + r),
+    tasks = [TrialTask(trial_key(p.index, r), p.index, r, model, dataclasses.replace(p.config, seed=(seed + r) % 2**32),
                        p.train_fraction, hidden, keep_models and run_dir is not None)
              for p in points for r in range(int(repeats))]
     fingerprint = data_fingerprint(dataset)
@@ -256,7 +255,9 @@ def run_sweep(
 
     def on_result(i: int, outcome: tuple[TrialResult, dict[str, np.ndarray] | None]) -> None:
         trial, arrays = outcome
-        weights = None if arrays is None else {k: torch.from_numpy(v) for k, v in arrays.items()}
+        # Ray hands back arrays read-only, straight from its object store: a tensor must own writable memory
+        weights = None if arrays is None else {k: torch.from_numpy(v if v.flags.writeable else v.copy())
+                                               for k, v in arrays.items()}
         if root is not None:
             write_trial(root, trial, weights)
         finished[trial.key] = trial
@@ -296,7 +297,7 @@ def trained_model(result: SweepResult, point_index: int, repeat: int = 0, *,
         raise XauditError(f"repeat {repeat} is out of range: the sweep ran {result.repeats} repeats")
     key = trial_key(point_index, repeat)
     point = result.points[point_index]
-    config = dataclasses.replace(point.config, seed=result.seed + repeat)
+    config = dataclasses.replace(point.config, seed=(result.seed + repeat) % 2**32)
     weights = read_state_dict(Path(result.run_dir), key) if result.run_dir else None
     if weights is None:
         if dataset is None:

@@ -34,6 +34,8 @@ else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
 
 from xaudit.models._errors import XauditError, did_you_mean
 
+from ._atomic import refuse_special_file
+
 #: The comparison of each rule: the value must be ≥ ``min``, ≤ ``max`` or equal to ``equals``.
 RULES: dict[str, str] = {"min": ">=", "max": "<=", "equals": "=="}
 POLICY_KEYS: tuple[str, ...] = ("name", "description", "check")
@@ -90,11 +92,11 @@ def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
         text = resources.files("xaudit.reports").joinpath(DEFAULT_POLICY_FILE).read_text(encoding="utf-8")
         return parse_policy(text, source="default", default_name="default")
     file = Path(path)
+    # a FIFO would block the read until a writer comes, /dev/zero would fill the memory: refused unopened
+    refuse_special_file(file, what="policy file", fix="pass the path of a TOML policy file")
     if not file.exists():
         raise XauditError(f"policy file {str(file)!r} does not exist: pass the path of a TOML policy file, or "
                           "leave out --policy to use the default policy")
-    if file.is_dir():
-        raise XauditError(f"policy {str(file)!r} is a directory: pass the path of a TOML policy file")
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -155,8 +157,9 @@ def _check(table: dict[str, Any], where: str) -> PolicyCheck:
     rules = [r for r in RULES if r in table]
     if len(rules) != 1:
         given = f"got {', '.join(rules)}" if rules else "got none"
-        raise XauditError(f"{where}: give exactly one of min, max or equals ({given}): "
-                          "write two checks for a range")
+        fix = ("write two checks for a range" if rules else
+               "add the threshold, e.g. min = 0.9 (at least), max = 0.5 (at most) or equals = true")
+        raise XauditError(f"{where}: give exactly one of min, max or equals ({given}): {fix}")
     (rule,) = rules
     threshold = table[rule]
     if rule == "equals":

@@ -18,7 +18,7 @@ from torch import nn
 from xaudit.explain import Explainer, Explanation, available_methods, get_explainer, parse_bytes
 from xaudit.explain._memory import budget_too_small, current_budget
 from xaudit.explain._memory import memory_budget as explain_memory_budget
-from xaudit.models._data import Dataset
+from xaudit.models._data import Dataset, check_seed
 from xaudit.models._nets import MODELS, build_model
 from xaudit.models._train import evaluate
 from xaudit.models._errors import XauditError
@@ -117,7 +117,7 @@ def background_samples(dataset: Dataset, seed: int, explained: torch.Tensor | No
         if explained is not None:
             keep[explained] = False
         pool = dataset.x_test[keep]
-    return pool[select_samples(len(pool), BACKGROUND_SIZE, seed + 1)]
+    return pool[select_samples(len(pool), BACKGROUND_SIZE, (seed + 1) % 2**32)]
 
 
 def background_info(dataset: Dataset, background: torch.Tensor) -> dict[str, Any]:
@@ -258,6 +258,7 @@ def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int 
     check_quality_mode(quality)
     if n_explain < 1:
         raise XauditError(f"n_explain must be at least 1, got {n_explain}: pass e.g. n_explain=32")
+    seed = check_seed(seed)
     model = subject.model
     device = device if device is not None else _model_device(model)
     model.to(device)
@@ -307,6 +308,7 @@ def build_context(
     check_quality_mode(quality)
     if n_explain < 1:
         raise XauditError(f"n_explain must be at least 1, got {n_explain}: pass e.g. --n-explain 32")
+    seed = check_seed(seed)
     resolved = resolve_device(device) if device is not None else None
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     check_budget_before_training(model, data, names, budget, state_dict=state_dict, seed=seed)

@@ -25,11 +25,11 @@ import torch
 
 from xaudit.explain import available_methods, parse_bytes
 from xaudit.explain._cost import watts_per_core
-from xaudit.models._data import DATASETS
+from xaudit.models._data import DATASETS, MAX_SEED, check_seed
 from xaudit.models._layout import CHANNELS_FIRST
 from xaudit.models._nets import MODELS, ModelSpec
 from xaudit.models._train import TrainConfig, train_model
-from xaudit.models._errors import XauditError, XauditWarning
+from xaudit.models._errors import XauditError, XauditWarning, did_you_mean
 
 from ._atomic import (
     atomic_write,
@@ -99,7 +99,8 @@ def _common_options() -> argparse.ArgumentParser:
                            "else digits)")
     run = common.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0,
-                     help="seed for training, the choice of explained samples and stochastic methods (default: 0)")
+                     help=f"seed for training, the choice of explained samples and stochastic methods, 0..{MAX_SEED} "
+                          "(default: 0)")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     run.add_argument("--epochs", type=_positive_int, metavar="N",
                      help="train for N epochs instead of the reference recipe's number (quick runs)")
@@ -115,9 +116,9 @@ def _common_options() -> argparse.ArgumentParser:
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad option or option value said in one line like every other bad input (``xaudit:
-    error: …``, exit 2) instead of the usage block first. A missing or unknown command keeps the usage: there
-    the list of commands is the answer. Subcommand parsers are of this class too (argparse builds them with
-    the parent's class)."""
+    error: …``, exit 2) instead of the usage block first. A missing command lists the commands; a misspelled
+    one gets a "did you mean". Subcommand parsers are of this class too (argparse builds them with the
+    parent's class)."""
 
     _argv: Sequence[str] = ()
 
@@ -127,12 +128,22 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         if self.prog == "xaudit" and ("COMMAND" in message or "invalid choice" in message):
-            super().error(message)
+            self.exit(2, f"xaudit: error: {self._command_problem()} (see xaudit --help)\n")
         command = self.prog
         if command == "xaudit":  # unrecognized arguments are found by the top parser, after the command's
             named = [a for a in self._argv if not a.startswith("-")][:1]
             command = f"xaudit {named[0]}" if named else "xaudit COMMAND"
         self.exit(2, f"xaudit: error: {message} (see {command} --help)\n")
+
+    def _command_problem(self) -> str:
+        """The top parser's missing or unknown command, with the commands to choose from."""
+        choices = next(a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction))
+        # argparse takes the first word that is not an option as the command, whatever follows it
+        given = next((a for a in self._argv if not a.startswith("-")), None)
+        if given is None:
+            *first, last = choices
+            return f"give a command: {', '.join(first)} or {last}"
+        return str(did_you_mean("command", given, choices))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,6 +398,7 @@ def _main(argv: list[str] | None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors: keep argparse's code, return it
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
+        check_seed(args.seed, name="--seed")  # every command has one; numpy and scikit-learn take 32 bits
         watts_per_core()  # the environment's energy setting, checked before any work
         return int(args.run(args))
     except XauditError as exc:

@@ -20,7 +20,8 @@ from xaudit.models._data import DATASETS
 from xaudit.models._errors import XauditError
 from xaudit.models._nets import MODELS
 
-from ._atomic import atomic_write_text, prepare_out_dir, prepare_out_file, refuse_overwriting_inputs, same_file
+from ._atomic import (atomic_write_text, prepare_out_dir, prepare_out_file, refuse_overwriting_inputs,
+                      refuse_special_file, same_file)
 from ._audit import AuditSection, audit
 from ._audit_policy import load_policy
 from ._cli import REPORT_FILES, _cleanup_on_failure, _printer, add_report_options, report_context
@@ -104,10 +105,22 @@ def _what_json(content: Mapping[str, Any]) -> str:
     return ""
 
 
+def _json_type(value: Any) -> str:
+    """JSON's own name for the type of a value ``json.loads`` returned ("null", "array"), not Python's."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array"}.get(type(value), type(value).__name__)
+
+
 def read_report_json(path: str) -> dict[str, Any]:
     """report.json's content from ``--report``; any problem is one :class:`XauditError`, including valid JSON
     that is not a report.json (a sweep.json, say), which would otherwise read as a policy naming nothing."""
     file = Path(path)
+    refuse_special_file(file, what="--report", fix="pass the report.json that `xaudit report` wrote")
     if not file.is_file():
         raise XauditError(f"--report {path!r} is not a file: pass the report.json that `xaudit report` wrote")
     try:
@@ -116,7 +129,7 @@ def read_report_json(path: str) -> dict[str, Any]:
         raise XauditError(f"--report {path!r} is not readable JSON ({exc}): pass the report.json that "
                           "`xaudit report` wrote") from None
     if not isinstance(content, dict):
-        raise XauditError(f"--report {path!r} holds a JSON {type(content).__name__}, not a report object: pass "
+        raise XauditError(f"--report {path!r} holds a JSON {_json_type(content)}, not a report object: pass "
                           "the report.json that `xaudit report` wrote")
     missing = [key for key in REPORT_KEYS if key not in content]
     if missing:

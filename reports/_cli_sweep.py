@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from xaudit.models._backends import BACKENDS
-from xaudit.models._data import DATASETS
+from xaudit.models._data import DATASETS, MAX_SEED
 from xaudit.models._errors import XauditError
 from xaudit.models._grid import KNOBS, parse_grid
 from xaudit.models._nets import MODELS
@@ -60,7 +60,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     grid.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs of every trial (default: 30)")
     grid.add_argument("--repeats", type=_positive_int, default=1, metavar="K",
                       help="trials per point, repeat r seeded with --seed + r (default: 1)")
-    grid.add_argument("--seed", type=int, default=0, help="seed of repeat 0 (default: 0)")
+    grid.add_argument("--seed", type=int, default=0, help=f"seed of repeat 0, 0..{MAX_SEED} (default: 0)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", default="xaudit-sweep", metavar="DIR",
                      help="run directory: trial records, weights, sweep.html and sweep.json (default: xaudit-sweep)")

@@ -292,3 +292,69 @@ def test_a_report_json_saved_with_a_bom_is_read(tmp_path: Path, capsys: pytest.C
     policy.write_text(_check("metrics.test_accuracy", "min", "0.5"), encoding="utf-8")
     code, _, err = run_cli(["audit", "--report", report, "--policy", policy], capsys)
     assert code == 0, err
+
+
+# ---- 5. a policy or report that is not a regular file, and other words ----------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_policy_that_is_a_fifo_or_a_device_is_refused_unopened(kind: str, tmp_path: Path) -> None:
+    # a FIFO blocked the audit forever (until a writer came); /dev/zero was read until the memory ran out. Run in
+    # a child process with a time limit and an address-space cap, so a regression fails here, not the machine
+    import subprocess
+    import sys
+
+    resource = pytest.importorskip("resource")
+    if kind == "fifo":
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs on this platform")
+        policy = tmp_path / "gate.toml"
+        os.mkfifo(policy)
+        what = "is a FIFO (named pipe), not a regular file"
+    else:
+        if not Path(kind).exists():
+            pytest.skip(f"no {kind}")
+        policy = Path(kind)
+        what = "is a character device, not a regular file"
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(_report()), encoding="utf-8")
+    junit = tmp_path / "audit.xml"
+    statm = Path("/proc/self/statm")
+    cap = (int(statm.read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE") + 2 * 2**30 if statm.exists()
+           else resource.RLIM_INFINITY)
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    result = subprocess.run([sys.executable, "-m", "xaudit.reports", "audit", "--report", str(report), "--policy",
+                             str(policy), "--junit", str(junit), "-q"],
+                            capture_output=True, text=True, timeout=60, preexec_fn=limit_memory)
+    assert_one_line_error(result.returncode, result.stderr, f"policy file {str(policy)!r} {what}",
+                          "pass the path of a TOML policy file")
+    assert result.stdout == "" and not junit.exists()
+
+
+@pytest.mark.parametrize(("content", "said"), [("null", "a JSON null"), ("[1, 2]", "a JSON array"),
+                                               ("3.5", "a JSON number"), ('"report"', "a JSON string"),
+                                               ("true", "a JSON boolean")])
+def test_a_report_that_is_not_an_object_is_named_in_jsons_words(content: str, said: str, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # "holds a JSON NoneType": Python's name for null leaked
+    path = tmp_path / "report.json"
+    path.write_text(content, encoding="utf-8")
+    code, out, err = run_cli(["audit", "--report", path], capsys)
+    line = assert_one_line_error(code, err, f"holds {said}, not a report object")
+    assert "NoneType" not in line and "list" not in line and out == ""
+
+
+def test_a_check_without_a_threshold_is_told_to_add_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the fix said "write two checks for a range", the fix for min and max both given
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(_report()), encoding="utf-8")
+    policy = tmp_path / "gate.toml"
+    policy.write_text('[[check]]\nvalue = "metrics.test_accuracy"\n', encoding="utf-8")
+    code, out, err = run_cli(["audit", "--report", report, "--policy", policy], capsys)
+    line = assert_one_line_error(code, err, "(got none)", "add the threshold", "min = ", "max = ", "equals = ")
+    assert "two checks" not in line and out == ""
+    policy.write_text(_check("metrics.test_accuracy", "min", "0.5") + "max = 1.0\n", encoding="utf-8")
+    code, _, err = run_cli(["audit", "--report", report, "--policy", policy], capsys)
+    assert_one_line_error(code, err, "(got min, max)", "write two checks for a range")

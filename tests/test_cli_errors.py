@@ -254,9 +254,91 @@ def test_a_bad_option_value_is_one_line_without_the_usage_block(argv: list[str],
     assert_one_line_error(code, err, *fragments)
 
 
-def test_an_unknown_command_keeps_the_usage_with_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["bogus"], capsys)
-    assert code == 2 and err.startswith("usage: xaudit") and "invalid choice: 'bogus'" in err
+@pytest.mark.parametrize(("argv", "fragments"), [
+    (["reprot"], ("unknown command 'reprot'", "did you mean 'report'?", "audit, explain, report, sweep, train")),
+    (["bogus", "--out", "x"], ("unknown command 'bogus'", "audit, explain, report, sweep, train")),
+    ([], ("give a command: report, train, explain, sweep or audit",)),
+])
+def test_a_missing_or_unknown_command_is_one_line_with_the_commands(argv: list[str], fragments: tuple[str, ...],
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse printed its usage line first (two lines), and no "did you mean" for a misspelled command
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, *fragments, "see xaudit --help")
+
+
+def _seed_argv(command: str, out: Path) -> list[str]:
+    quick = ["--epochs", "1", "-q"]
+    return {"report": ["report", "--methods", "saliency", "--quality", "none", "--n-explain", "2", *quick, "--out", out],
+            "explain": ["explain", "--method", "saliency", "--n-explain", "2", *quick, "--out", out / "a.npz"],
+            "train": ["train", *quick, "--out", out / "m.pt"],
+            "audit": ["audit", "--methods", "saliency", "--quality", "none", "--n-explain", "2", *quick,
+                      "--junit", out / "audit.xml"],
+            "sweep": ["sweep", "--grid", "lr=0.001", "--n-train", "50", "--backend", "sequential", *quick,
+                      "--out", out]}[command]
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+@pytest.mark.parametrize("command", ["report", "explain", "train", "audit", "sweep"])
+def test_a_seed_outside_32_bits_is_one_line_for_every_command(command: str, seed: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # scikit-learn's train_test_split (the digits split) raised InvalidParameterError with a traceback; sweep
+    # took 4294967296
+    out = tmp_path / "out"
+    code, stdout, err = run_cli([*_seed_argv(command, out), "--seed", seed], capsys)
+    assert_one_line_error(code, err, "--seed must be a whole number in 0..4294967295", f"got {seed}",
+                          "e.g. --seed 0")
+    assert stdout == "" and not out.exists()
+    assert not (tmp_path / "cache").exists(), "it trained before checking --seed"
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5])
+def test_the_api_refuses_a_seed_outside_32_bits_in_one_line(seed: object) -> None:
+    from xaudit.models import XauditError, load_dataset
+    from xaudit.reports import build_report
+
+    for call in (lambda: load_dataset("digits", seed=seed), lambda: load_dataset("mnist1d", seed=seed),
+                 lambda: build_report("cnn", "digits", seed=seed, epochs=1)):
+        with pytest.raises(XauditError, match=r"seed must be a whole number in 0\.\.4294967295") as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+def _special(kind: str, tmp_path: Path, name: str) -> Path:
+    """An existing path that is not a regular file: a directory, a FIFO or a character device."""
+    if kind == "device":
+        if not Path("/dev/null").exists():
+            pytest.skip("no /dev/null")
+        return Path("/dev/null")
+    path = tmp_path / name
+    if kind == "directory":
+        path.mkdir()
+    else:
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs on this platform")
+        os.mkfifo(path)
+    return path
+
+
+_IS = {"directory": "is a directory, not a file", "fifo": "is a FIFO (named pipe), not a regular file",
+       "device": "is a character device, not a regular file"}
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+@pytest.mark.parametrize(("option", "name", "said"), [("--data", "in.npz", "data file"),
+                                                      ("--model", "in.pt", "model file"),
+                                                      ("--state-dict", "w.pt", "state_dict file")])
+def test_an_input_that_is_not_a_regular_file_says_what_it_is(option: str, name: str, said: str, kind: str,
+                                                             tmp_path: Path, cnn_file: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # an existing directory, FIFO or device was reported as "file not found"
+    path = _special(kind, tmp_path, name)
+    model = ["--model", "cnn"] if option == "--state-dict" else ["--model", cnn_file]
+    out = tmp_path / "a.npz"
+    code, stdout, err = run_cli(["explain", *model, option, path, "--method", "saliency", "--out", out, "-q"],
+                                capsys)
+    line = assert_one_line_error(code, err, f"{said} {str(path)!r} {_IS[kind]}", ": pass ")
+    assert "not found" not in line
+    assert stdout == "" and not out.exists() and not out.with_suffix(".json").exists()
 
 
 def test_explain_shap_on_a_one_sample_test_file_says_there_is_no_background(

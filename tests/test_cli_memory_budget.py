@@ -171,3 +171,23 @@ def test_explain_methods_never_turns_the_budget_into_a_reason() -> None:
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(XauditError, match="needs about"):
         explain_methods(model, x, torch.zeros(2, dtype=torch.long), x, ["saliency"], seed=0, memory_budget=1024)
+
+
+@pytest.mark.parametrize("value", ["0.5", "0", "-5", "0.0001KiB"])
+def test_a_budget_under_one_byte_is_one_consistent_line_with_the_fix(value: str, tmp_path: Path, cnn_file: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # 0.5 was "must be positive" (it is), 0 had no fix, -5 was "cannot read memory size"
+    out = tmp_path / "a.npz"
+    code, stdout, err = run_cli(["explain", "--model", cnn_file, "--method", "saliency", "--out", out, "-q",
+                                 "--memory-budget", value], capsys)
+    assert_one_line_error(code, err, f"memory budget must be at least one byte, got {value!r}",
+                          "write it like 512MiB, 2GiB")
+    assert stdout == "" and not out.exists() and not out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize("value", [0, -5, 0.5, "0.5"])
+def test_the_api_says_the_same_for_a_budget_under_one_byte(value: object) -> None:
+    from xaudit.explain import parse_bytes
+
+    with pytest.raises(XauditError, match=r"memory budget must be at least one byte, got '.*': write it like 512MiB"):
+        parse_bytes(value)  # type: ignore[arg-type]

@@ -147,3 +147,76 @@ def test_explain_unsupported_method_is_an_error(tmp_path: Path, capsys: pytest.C
                             "--out", tmp_path / "a.npz", "-q"], capsys)
     assert code == 2 and err.startswith("xaudit: error:") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a.npz").exists()
+
+
+def _explain_fails(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
+    out = tmp_path / "a.npz"
+    code, stdout, err = run_cli(["explain", *argv, "--data", "digits", "--method", "saliency", "--n-explain", "2",
+                                 "--out", out, "-q"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("xaudit: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert stdout == "" and not out.exists() and not out.with_suffix(".json").exists()
+    return lines[0]
+
+
+def test_a_state_dict_with_a_wrongly_shaped_tensor_names_it_and_both_shapes(
+        factory_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the error said "missing [], unexpected []" and dropped torch's reason (the size mismatch)
+    import importlib
+
+    weights = importlib.import_module("usermodels.nets").build().state_dict()
+    weights["3.weight"] = torch.zeros(10, 100)
+    path = tmp_path / "wrong.pt"
+    torch.save(weights, path)
+    line = _explain_fails(["--model", factory_module, "--state-dict", path], tmp_path, capsys,
+                          "doesn't match the model", "3.weight has shape [10, 100] in the file but [10, 256] in the model")
+    assert "missing []" not in line and "unexpected []" not in line
+    del weights["3.weight"]
+    weights["extra"] = torch.zeros(1)
+    torch.save(weights, path)
+    _explain_fails(["--model", factory_module, "--state-dict", path], tmp_path, capsys,
+                   "keys missing from the file: '3.weight'", "keys the model lacks: 'extra'")
+
+
+def test_a_torchscript_file_as_state_dict_is_told_to_pass_it_as_the_model(
+        factory_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # it was "neither a torch.save nor a TorchScript file", and a "model file"
+    import importlib
+
+    model = importlib.import_module("usermodels.nets").build().eval()
+    path = tmp_path / "scripted.pt"
+    torch.jit.trace(model, torch.rand(2, 1, 8, 8)).save(str(path))
+    line = _explain_fails(["--model", factory_module, "--state-dict", path], tmp_path, capsys,
+                          f"state_dict file {str(path)!r} is a TorchScript model, not a state dict",
+                          f"--model {path}")
+    assert "neither" not in line and "model file" not in line
+
+
+@pytest.mark.parametrize("content", [b"this is not a weights file\x00\x01", b"PK\x03\x04truncated zip"])
+def test_an_unreadable_state_dict_is_called_a_state_dict(content: bytes, factory_module: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "w.pt"
+    path.write_bytes(content)
+    line = _explain_fails(["--model", factory_module, "--state-dict", path], tmp_path, capsys,
+                          f"state_dict file {str(path)!r} is not a readable torch.save file",
+                          "torch.save(model.state_dict(), path)")
+    assert "model file" not in line and "TorchScript" not in line
+
+
+def test_a_state_dict_archive_missing_its_tensors_is_one_line(factory_module: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # torch.load's RuntimeError on a damaged archive went out as a traceback
+    import zipfile
+
+    good = tmp_path / "good.pt"
+    torch.save({"0.weight": torch.zeros(4, 1, 3, 3)}, good)
+    path = tmp_path / "w.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            if "/data/" not in name:
+                dst.writestr(name, src.read(name))
+    _explain_fails(["--model", factory_module, "--state-dict", path], tmp_path, capsys,
+                   f"state_dict file {str(path)!r} is not a readable torch.save file (torch.load failed",
+                   "torch.save(model.state_dict(), path)")

@@ -172,3 +172,15 @@ def test_smoothgrad_noise_does_not_depend_on_the_batch() -> None:
     torch.testing.assert_close(explainer.explain(x[3:4], 1, seed=3).attributions, whole[3:4])
     torch.testing.assert_close(explainer.explain(x, 1, seed=3, batch_size=2).attributions, whole)
     assert not torch.allclose(explainer.explain(x, 1, seed=4).attributions, whole)
+
+
+def test_seed_stability_at_the_top_of_the_seed_range() -> None:
+    # seeds seed..seed+4 wrap within numpy's 32 bits instead of failing inside shap's RandomState
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3))
+    x, background = torch.randn(3, 6, 2), torch.randn(8, 6, 2)
+    explainer = xe.get_explainer("shap_gradient")(model, nsamples=20).fit(background)
+    top = 2**32 - 1
+    result = xe.get_metric("seed_stability")().compute(model, explainer.explain(x, seed=top), explainer=explainer,
+                                                       background=background, seed=top)
+    assert -1.0 <= result.value <= 1.0 and result.seeds == (top, 0, 1, 2, 3)

@@ -79,3 +79,42 @@ def test_resume_with_a_different_grid_is_refused(sweep_dir: Path, capsys: pytest
     code, _, err = run_sweep_cli([*QUICK, "--grid", "weight_decay=0,1e-3", "--out", sweep_dir], capsys)
     assert_one_line_error(code, err, "already holds a sweep", "--resume")
     assert (sweep_dir / "sweep.json").read_bytes() == before
+
+
+def test_read_only_weights_from_a_backend_make_no_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray hands results back read-only from its object store; torch.from_numpy warned "The given NumPy array is
+    # not writable" (with --backend ray -q, a UserWarning from xaudit's own code on stderr). torch warns once per
+    # process, so the arrays themselves are checked too: a tensor must not share a read-only buffer
+    import warnings
+
+    import torch
+
+    from xaudit.models import TrainConfig, run_sweep
+    from xaudit.models._backends import SequentialBackend
+    from xaudit.models._rundir import read_state_dict
+
+    class ReadOnlyResults(SequentialBackend):
+        name = "read-only"
+
+        def run(self, fn, tasks, shared, on_result):  # type: ignore[no-untyped-def]
+            def frozen(i, outcome):  # type: ignore[no-untyped-def]
+                trial, arrays = outcome
+                for array in (arrays or {}).values():
+                    array.flags.writeable = False
+                on_result(i, (trial, arrays))
+
+            super().run(fn, tasks, shared, frozen)
+
+    from_numpy = torch.from_numpy
+
+    def writable_only(array):  # type: ignore[no-untyped-def]
+        assert array.flags.writeable, "a tensor was made over a read-only numpy array"
+        return from_numpy(array)
+
+    monkeypatch.setattr(torch, "from_numpy", writable_only)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = run_sweep("cnn", "digits", ["lr=0.001"], n_train=60, n_test=30, backend=ReadOnlyResults(),
+                           run_dir=tmp_path / "run", base=TrainConfig(epochs=1))
+    (trial,) = result.trials
+    assert read_state_dict(tmp_path / "run", trial.key), "the trial's weights were not recorded"
