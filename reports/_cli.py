@@ -169,8 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", parents=[common], help="train a model and save it",
-        description="Train a built-in model with its reference recipe (or a factory model with the default "
-                    "recipe) and save it as a model file that records the data, recipe and history.")
+        description="Train a built-in model with its reference recipe (or a factory or TorchScript model with the "
+                    "default recipe) and save it: a built-in model as a model file that records the data, recipe "
+                    "and history; any other model as its weights (a state dict), loaded back with --model <the "
+                    "same model> --state-dict FILE.")
     train.add_argument("--out", default="model.pt", metavar="FILE", help="model file to write (default: model.pt)")
     train.set_defaults(run=_run_train)
 
