@@ -27,7 +27,7 @@ from xaudit.models._data import Dataset
 from ._atomic import atomic_write_text
 from ._build import ReportContext, build_context
 from ._runtime import xaudit_version
-from ._sections import DEFAULT_SECTIONS, Section, format_bytes, format_number
+from ._sections import DEFAULT_SECTIONS, Section, breakable, format_bytes, format_number
 from ._subject import ModelSource
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -45,6 +45,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["num"] = format_number
     env.filters["bytes"] = format_bytes
+    env.filters["breakable"] = breakable
     return env
 
 

@@ -9,12 +9,13 @@ page and the JSON can never disagree. New sections subclass :class:`Section` and
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jinja2
 import numpy as np
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from xaudit.explain._cost import watts_per_core
 
@@ -224,6 +225,36 @@ def format_number(value: float | None, unit: str = "", *, scale: float = 1.0, di
         if abs(value) >= factor and unit not in ("ms", "J", "%"):
             return f"{value / factor:.{digits}g} {prefix}{unit}".strip()
     return f"{value:.{digits}g} {unit}".strip()
+
+
+# Inside an identifier: after ".", "_", "/" or "-" when a letter or "[" follows, and before "[" after a letter or
+# "]" (digits stay together, so "0.95" and "features.0" never split).
+_IDENTIFIER_BREAK = re.compile(r"(?<=.[._/-])(?=[A-Za-z\[])|(?<=[A-Za-z\]])(?=\[)")
+#: A piece longer than this with no such place (a hash, a name without separators) may wrap every so many characters.
+_LONGEST_PIECE = 32
+
+
+def breakable(text: object, min_length: int = 20) -> Markup:
+    """``text`` escaped, with ``<wbr>`` line-break opportunities inside its tokens of ``min_length`` characters or more.
+
+    Table cells keep their words whole (the CSS never breaks inside a word), so an identifier such as
+    ``methods[integrated_gradients].cost.wall_s_per_sample`` would otherwise set its column's narrowest
+    width and push the table wider than the page: ``<wbr>`` lets it wrap after a dot, underscore, slash or
+    hyphen, and only where its column is too narrow. Shorter tokens (words, ``features.0.weight``) are left
+    alone. ``<wbr>`` adds no character, so the text copied, searched or sorted on is unchanged.
+    """
+    if isinstance(text, Markup):
+        return text
+    wbr = Markup("<wbr>")
+    parts: list[Markup] = []
+    for token in re.split(r"(\s+)", str(text)):
+        if len(token) < min_length or token.isspace():
+            parts.append(escape(token))
+            continue
+        pieces = [piece[i:i + _LONGEST_PIECE] for piece in _IDENTIFIER_BREAK.split(token)
+                  for i in range(0, len(piece), _LONGEST_PIECE)]
+        parts.append(wbr.join(escape(piece) for piece in pieces))
+    return Markup("").join(parts)
 
 
 def format_bytes(value: float | None) -> str:

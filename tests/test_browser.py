@@ -107,6 +107,48 @@ def test_report_opens_offline_without_errors_and_shows_hostile_names_as_text(
     assert width == browser.width and height > 500
 
 
+# Every word of a table cell whose boxes lie on two or more lines: broken in the middle. A word is a run of
+# characters between spaces and hyphens inside one text node (a <wbr> starts a new node: a place meant for a
+# break, as after a dot of a long report.json path); words longer than the argument are left out (a
+# 300-character class name is not a word and may wrap). `overflow-wrap: anywhere` on every th/td made each
+# cell's narrowest width one character, so the table squeezed short columns until "salien|cy", "meth|od",
+# "FA|IL" and "features.0.wei|ght" broke at 1280 px.
+_WORDS_BROKEN_ACROSS_LINES = """(longest => {
+    const broken = [];
+    for (const cell of document.querySelectorAll("th, td")) {
+        const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode())
+            for (const word of node.data.matchAll(/[^\\s\\-\u2013\u2014]+/g)) {
+                if (word[0].length > longest) continue;
+                const range = document.createRange();
+                range.setStart(node, word.index);
+                range.setEnd(node, word.index + word[0].length);
+                const lines = new Set(Array.from(range.getClientRects()).filter(r => r.width > 0)
+                                          .map(r => Math.round(r.bottom)));
+                if (lines.size > 1)
+                    broken.push(word[0] + " in " + ((cell.closest("section") || {}).id || "?"));
+            }
+    }
+    return broken;
+})"""
+_SHOW_EVERY_METHOD_PAGE = "document.querySelectorAll('.method-page').forEach(p => { p.hidden = false; })"
+
+
+@pytest.mark.parametrize("width", [1280, 1024, 800])
+def test_table_cells_never_break_a_word(hostile_report: Path, tmp_path: Path, width: int) -> None:
+    # at an ordinary desktop width (and a narrow window) every word in every table stays on one line; a table
+    # too wide for the window scrolls inside itself instead of widening the page
+    with Browser(timeout_s=60, width=width) as screen:
+        page = screen.open(hostile_report)
+        screen.evaluate(page, _SHOW_EVERY_METHOD_PAGE)
+        assert screen.evaluate(page, "document.querySelectorAll('th, td').length") > 50  # the tables are there
+        broken = screen.evaluate(page, _WORDS_BROKEN_ACROSS_LINES + "(64)")
+        screen.screenshot(page, _screenshot_dir(tmp_path) / f"report-{width}px.png")
+        assert broken == [], f"words broken across lines at {width} px: {broken}"
+        page_width, wide = screen.evaluate(page, _WIDER_THAN_WINDOW)
+        assert page_width <= width and wide == [], wide
+
+
 _WIDER_THAN_WINDOW = """(() => {
     const wide = [];
     for (const e of document.querySelectorAll("table, img, figure, .cards"))
@@ -133,11 +175,14 @@ def test_long_class_names_and_print_fit_the_page(tmp_path_factory: pytest.TempPa
         page = screen.open(out / "report.html")
         width, wide = screen.evaluate(page, _WIDER_THAN_WINDOW)
         assert width <= 1200 and wide == [], wide
+        assert screen.evaluate(page, _WORDS_BROKEN_ACROSS_LINES + "(32)") == []
     with Browser(timeout_s=60, width=794) as paper:
         page = paper.open(out / "report.html")
         paper.send("Emulation.setEmulatedMedia", {"media": "print"}, session_id=page.session_id)
         width, wide = paper.evaluate(page, _WIDER_THAN_WINDOW)
         assert width <= 794 and wide == [], wide
+        # fitted to the paper by breaking the long names, not the words: "0.00|373", "salien|cy" in print
+        assert paper.evaluate(page, _WORDS_BROKEN_ACROSS_LINES + "(32)") == []
         shown = paper.evaluate(page, "document.querySelectorAll('.method-page').length === "
                                      "Array.from(document.querySelectorAll('.method-page'))"
                                      ".filter(p => getComputedStyle(p).display !== 'none').length")

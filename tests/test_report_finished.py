@@ -17,6 +17,7 @@ from markupsafe import escape
 from xaudit.models import Dataset
 from xaudit.reports import Report, build_report
 from xaudit.reports._figures import sample_grid
+from xaudit.reports._sections import breakable, format_number
 from xaudit.reports._summary_section import SummarySection, summarize
 
 from _cli_helpers import assert_self_contained
@@ -138,6 +139,73 @@ def test_each_method_has_a_page_with_name_cost_and_verdict(report: Report, html:
         assert "data:image/png;base64," in page and str(escape(entry["paper"])) in page
         assert ("FAIL" in page) == (entry["quality"]["sanity_passed"] is False)
         assert f'href="#method-{name}"' in html  # reachable from the method index
+
+
+
+def _card_text(html: str, label: str) -> str:
+    """The value and label of the one card whose label mentions ``label``, tags stripped."""
+    cards = re.findall(r'<div class="card[^"]*"><div class="value">(.*?)</div>'
+                       r'<div class="label">(.*?)</div></div>', html)
+    found = [f"{value} {text}" for value, text in cards if label in text]
+    assert len(found) == 1, (label, cards)
+    return re.sub(r"<[^>]+>", "", found[0])
+
+
+def test_method_pages_count_forward_and_backward_evaluations(report: Report, html: str) -> None:
+    # saliency's card read "1 model evaluations per sample (forward)" next to "1 forward + 1 backward evaluations"
+    pages = dict(re.findall(r'<article class="method-page" id="method-([^"]+)">(.*?)</article>', html, re.S))
+    for entry in report.json["methods"]:
+        cost = entry["cost"]
+        forward = format_number(cost["forward_evals_per_sample"])
+        backward = format_number(cost["backward_evals_per_sample"])
+        assert cost["backward_evals_per_sample"] > 0  # both methods take gradients
+        assert _card_text(pages[entry["name"]], "evaluation") == (
+            f"{forward} + {backward} forward + backward model evaluations per sample")
+        assert f"{forward} forward + {backward} backward evaluations" in pages[entry["name"]]  # the table agrees
+    assert "(forward)</div>" not in html
+
+
+@pytest.mark.parametrize(("forward", "backward", "expected"), [
+    (1.0, 1.0, "1 + 1 forward + backward model evaluations per sample"),
+    (51.03125, 50.0, "51 + 50 forward + backward model evaluations per sample"),
+    (1000.0, 0.0, "1 k forward model evaluations per sample (no backward)"),
+    (1.0, 0.0, "1 forward model evaluation per sample (no backward)"),
+    (None, None, "– model evaluations per sample"),
+])
+def test_evaluations_card_wording(forward: float | None, backward: float | None, expected: str) -> None:
+    from xaudit.reports._report import _environment
+
+    card = _environment().from_string('{% from "evals_card.html.j2" import evals_card %}{{ evals_card(c) }}')
+    cost = None if forward is None else {"forward_evals_per_sample": forward, "backward_evals_per_sample": backward}
+    assert _card_text(card.render(c=cost), "evaluation") == expected
+
+
+def test_explanation_card_counts_backward_evaluations() -> None:
+    # the notebook card of one Explanation shares the card with the method pages
+    from xaudit.explain import explain
+    from xaudit.models import build_model
+
+    model = build_model("cnn", (1, 8, 8), 3, seed=0)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    html = explain(model, x, method="saliency")._repr_html_()
+    assert _card_text(html, "evaluation") == "1 + 1 forward + backward model evaluations per sample"
+
+
+
+def test_breakable_adds_break_places_to_long_identifiers_only() -> None:
+    # table cells keep words whole, so a long report.json path needs places where it may wrap (<wbr>)
+    def plain(markup: str) -> str:
+        return str(markup).replace("<wbr>", "")
+
+    path = "methods[integrated_gradients].cost.wall_s_per_sample"
+    assert str(breakable(path)) == ("methods<wbr>[integrated_<wbr>gradients].<wbr>cost.<wbr>wall_<wbr>s_<wbr>per_<wbr>"
+                                    "sample")
+    for short in ("features.2.weight", "saliency", "0.000123456789012345678", "report.json"):
+        assert str(breakable(short)) == short  # words, numbers and short names are left alone
+    assert str(breakable("x" * 70)) == "x" * 32 + "<wbr>" + "x" * 32 + "<wbr>" + "x" * 6  # no separator at all
+    evil = "<script>alert(1)</script> and a_very_long_name_with_<b>&amp;"
+    assert plain(breakable(evil)) == str(escape(evil))  # escaped, and the text itself unchanged
+    assert "<script>" not in str(breakable(evil)) and breakable(escape(evil)) == escape(evil)
 
 
 def test_model_card_facts(report: Report, html: str) -> None:
