@@ -34,14 +34,20 @@ def test_another_process_burning_a_core_is_seen() -> None:
 
 
 def test_this_process_own_work_does_not_count() -> None:
-    with CpuContention() as contention:
-        end = time.perf_counter() + 0.8
-        while time.perf_counter() < end:
-            pass
-    assert contention.result is not None
-    cores = contention.result["machine_cores"]
-    # our own busy core would be 1/cores of the machine if it were counted as another process's
-    assert contention.result["other_cpu_share"] < 0.5 / cores + 0.15
+    # Other processes' load comes and goes (a parallel test run on a 2-core box), our own busy core is there
+    # every time: counted as another process's it would be 1/cores of the machine in each of the three tries.
+    shares = []
+    for _ in range(3):
+        with CpuContention() as contention:
+            end = time.perf_counter() + 0.8
+            while time.perf_counter() < end:
+                pass
+        assert contention.result is not None
+        cores = contention.result["machine_cores"]
+        shares.append(contention.result["other_cpu_share"])
+        if shares[-1] < 0.5 / cores + 0.15:
+            return
+    raise AssertionError(f"our own busy core counted as other processes' load: shares {shares} on {cores} cores")
 
 
 def test_the_report_records_the_load_it_was_measured_under(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
