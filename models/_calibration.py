@@ -9,6 +9,7 @@ exactly the plotted bins.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ._errors import XauditError
+from ._outputs import SUM_TOLERANCE
 from ._train import predict_proba
 
 STRATEGIES: tuple[str, ...] = ("uniform", "quantile")
@@ -71,23 +73,92 @@ class Calibration:
                 "paper": "Guo, Pleiss, Sun & Weinberger 2017, eq. 3"}
 
 
-def calibration_from_proba(proba: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
-                           n_bins: int = 15, strategy: str = "uniform") -> Calibration:
-    """Calibration of N×K class probabilities against integer ``labels`` (15 equal-width bins, as Guo et al.)."""
-    from sklearn.calibration import calibration_curve  # deferred: importing sklearn costs ~0.5 s
-
-    p = np.asarray(proba.detach().cpu() if isinstance(proba, torch.Tensor) else proba, dtype=np.float64)
-    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
-    if p.ndim != 2 or len(p) != len(y) or not len(p):
-        raise XauditError(f"calibration needs N×K probabilities and N labels, got {p.shape} and {y.shape}")
-    if int(n_bins) < 1:
-        raise XauditError(f"n_bins must be at least 1, got {n_bins}: pass e.g. n_bins=15")
+def check_binning(n_bins: int, strategy: str = "uniform") -> int:
+    """``n_bins`` as an int if it is a whole number ≥ 1 and ``strategy`` one of :data:`STRATEGIES`; else a one-line
+    error."""
+    try:
+        bins = operator.index(n_bins)
+    except TypeError:
+        bins = None
+    if bins is None or isinstance(n_bins, bool) or bins < 1:
+        raise XauditError(f"n_bins must be a whole number ≥ 1, got {n_bins!r}: pass e.g. n_bins=15")
     if strategy not in STRATEGIES:
         from ._errors import did_you_mean
 
         raise did_you_mean("binning strategy", strategy, STRATEGIES)
-    if y.min() < 0 or y.max() >= p.shape[1]:
-        raise XauditError(f"labels must be class indices 0..{p.shape[1] - 1}, got values up to {int(y.max())}")
+    return bins
+
+
+def _probabilities(proba: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``proba`` as float64 N×K softmax probabilities, or a one-line error naming what it looks like instead."""
+    try:
+        p = np.asarray(proba.detach().cpu() if isinstance(proba, torch.Tensor) else proba, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise XauditError(f"calibration needs N×K class probabilities as numbers, got {type(proba).__name__} values "
+                          "that are not: pass softmax probabilities, e.g. predict_proba(model, x)") from None
+    if p.ndim != 2 or not len(p):
+        raise XauditError(f"calibration needs N×K class probabilities (N ≥ 1), got shape {p.shape}: pass one row of "
+                          "class probabilities per sample")
+    if p.shape[1] < 2:
+        raise XauditError(f"calibration needs a probability per class (K ≥ 2), got shape {p.shape}: for a binary "
+                          "model's one probability p, pass np.stack([1 - p, p], 1)")
+    bad = int((~np.isfinite(p)).sum())
+    if bad:
+        raise XauditError(f"{bad} of the {p.size} probabilities {'is' if bad == 1 else 'are'} NaN/Inf: pass finite "
+                          "softmax probabilities (a model that returns NaN has diverged or divides by zero)")
+    fix = "pass softmax probabilities, e.g. softmax(logits, 1), or use model_calibration(model, x, y), which applies it"
+    low, high = float(p.min()), float(p.max())
+    if low < -SUM_TOLERANCE or high > 1 + SUM_TOLERANCE:
+        looks = "log-probabilities" if high <= SUM_TOLERANCE else "logits"
+        raise XauditError(f"calibration needs probabilities in [0, 1], got values from {low:.4g} to {high:.4g} (these "
+                          f"look like {looks}): {fix}")
+    sums = p.sum(1)
+    off = np.abs(sums - 1) > SUM_TOLERANCE
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise XauditError(f"calibration needs rows that sum to 1, got {int(off.sum())} of {len(p)} that do not (row "
+                          f"{row} sums to {sums[row]:.4g}): {fix}")
+    return p
+
+
+def _class_indices(labels: np.ndarray | torch.Tensor, n: int, n_classes: int) -> np.ndarray:
+    """``labels`` as N integer class indices in [0, K), or a one-line error with the fix."""
+    y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    if y.ndim != 1:
+        if y.ndim == 2 and y.shape[1] == 1:
+            fix = "pass labels.ravel()"
+        elif y.ndim == 2 and y.shape[1] == n_classes:
+            fix = "they look one-hot: pass labels.argmax(1)"
+        else:
+            fix = "pass one class index per sample"
+        raise XauditError(f"labels must be one class index per sample, shape ({n},), got shape {y.shape}: {fix}")
+    if len(y) != n:
+        raise XauditError(f"calibration got {n} rows of probabilities but {len(y)} labels: pass one label per row")
+    if y.dtype.kind not in "iuf":
+        raise XauditError(f"labels must be integer class indices, got dtype {y.dtype}: map them to 0..{n_classes - 1}")
+    if y.dtype.kind == "f":
+        whole = np.isfinite(y) & (y == np.round(y))
+        if not whole.all():
+            i = int(np.flatnonzero(~whole)[0])
+            raise XauditError(f"labels must be whole class indices, got {y[i]} (sample {i}): pass integer labels, "
+                              "not scores or probabilities")
+    outside = (y < 0) | (y >= n_classes)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise XauditError(f"labels must be class indices 0..{n_classes - 1}, got {y[i]:g} (sample {i}): pass labels "
+                          "matching the probabilities' columns")
+    return y.astype(np.int64)
+
+
+def calibration_from_proba(proba: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
+                           n_bins: int = 15, strategy: str = "uniform") -> Calibration:
+    """Calibration of N×K class probabilities (softmax outputs: rows in [0, 1] that sum to 1) against integer
+    ``labels`` (15 equal-width bins, as Guo et al.). Logits, log-probabilities and NaN are refused."""
+    from sklearn.calibration import calibration_curve  # deferred: importing sklearn costs ~0.5 s
+
+    n_bins = check_binning(n_bins, strategy)
+    p = _probabilities(proba)
+    y = _class_indices(labels, len(p), p.shape[1])
     confidence = np.clip(p.max(1), 0.0, 1.0)
     correct = (p.argmax(1) == y).astype(np.int64)
     # pos_label given explicitly so a model that is always right (or always wrong) still gets its curve
@@ -115,4 +186,9 @@ def calibration_from_proba(proba: np.ndarray | torch.Tensor, labels: np.ndarray 
 def model_calibration(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_bins: int = 15,
                       strategy: str = "uniform") -> Calibration:
     """Calibration of ``model`` on ``(x, y)`` (eval mode, no autograd)."""
+    from ._validate import check_inputs  # deferred: _validate imports the built-in nets
+
+    check_binning(n_bins, strategy)
+    n_outputs = check_inputs(model, x, what="the calibration data")
+    _class_indices(y, len(x), n_outputs)
     return calibration_from_proba(predict_proba(model, x), y, n_bins=n_bins, strategy=strategy)

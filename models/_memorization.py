@@ -54,9 +54,20 @@ class MemorizationRun:
         return self.train_accuracy[-1]
 
 
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.3g}%"
+
+
+def _labels_words(noise: float) -> str:
+    """How the text names a run's labels: "true labels", or "labels 50% randomized"."""
+    return "true labels" if noise == 0 else f"labels {_percent(noise)} randomized"
+
+
 @dataclass(frozen=True)
 class MemorizationResult:
-    """Runs at increasing label noise; ``slowdown`` is epochs to fit random labels ÷ epochs to fit true ones."""
+    """Runs at increasing label noise. ``slowdown`` is the epochs the noisiest run took to reach the threshold ÷
+    the epochs the least noisy run took (its labels are the true ones when ``label_noise`` starts at 0); None
+    with one run, or when either never reached it."""
 
     runs: tuple[MemorizationRun, ...]
     threshold: float
@@ -66,24 +77,29 @@ class MemorizationResult:
 
     @property
     def slowdown(self) -> float | None:
-        clean, noisy = self.runs[0], self.runs[-1]
-        if clean.epochs_to_fit is None or noisy.epochs_to_fit is None:
+        base, noisy = self.runs[0], self.runs[-1]
+        if len(self.runs) < 2 or base.epochs_to_fit is None or noisy.epochs_to_fit is None:
             return None
-        return noisy.epochs_to_fit / clean.epochs_to_fit
+        return noisy.epochs_to_fit / base.epochs_to_fit
 
     @property
     def interpretation(self) -> str:
-        clean, noisy = self.runs[0], self.runs[-1]
-        head = f"memorization ({noisy.label_noise:.0%} random labels, {self.n_train} samples): "
+        base, noisy = self.runs[0], self.runs[-1]
+        compared = len(self.runs) > 1
+        baseline = _labels_words(base.label_noise)
+        head = f"memorization ({_percent(noisy.label_noise)} random labels, {self.n_train} samples): "
         if noisy.epochs_to_fit is not None:
-            pace = f"{self.slowdown:.1f}× the {clean.epochs_to_fit} epochs true labels took" if self.slowdown else \
-                "while true labels never reached it"
-            return (head + f"fits them to {self.threshold:.0%} in {noisy.epochs_to_fit} epochs ({pace}); the "
+            pace = ""
+            if compared:
+                pace = (f" ({self.slowdown:.1f}× the {base.epochs_to_fit} epochs {baseline} took)" if self.slowdown
+                        else f" (while {baseline} never reached it)")
+            return (head + f"fits them to {self.threshold:.0%} in {noisy.epochs_to_fit} epochs{pace}; the "
                     "architecture can memorize this training set, so its generalization comes from the data and "
                     "the training recipe, not from a lack of capacity (Zhang et al. 2017)")
+        against = f"; {baseline}: {base.final_train_accuracy:.1%}" if compared else ""
+        structure = ", so what it fits on true labels is mostly structure" if compared and base.label_noise == 0 else ""
         return (head + f"reaches only {noisy.final_train_accuracy:.1%} train accuracy in {self.epochs} epochs "
-                f"(chance {1 / self.n_classes:.0%}, true labels {clean.final_train_accuracy:.1%}): with this budget "
-                "it cannot memorize, so what it fits on true labels is mostly structure")
+                f"(chance {1 / self.n_classes:.0%}{against}): with this budget it cannot memorize{structure}")
 
     def to_json(self) -> dict[str, Any]:
         return {"runs": [{**vars(r), "train_accuracy": list(r.train_accuracy),
@@ -110,6 +126,12 @@ def memorization_test(model: str, dataset: Dataset, config: TrainConfig | None =
     levels = [float(v) for v in label_noise]
     if not levels or levels != sorted(levels):
         raise XauditError(f"label_noise must be increasing fractions, e.g. (0.0, 1.0), got {tuple(label_noise)}")
+    outside = [v for v in levels if not 0 <= v <= 1]
+    if outside:  # checked here, not only in corrupt_labels, so no run trains before the error
+        raise XauditError(f"label noise must be in [0, 1], got {outside[0]}: pass fractions such as (0.0, 1.0)")
+    if levels[-1] == 0:
+        raise XauditError(f"label_noise must reach above 0 (the test measures how fast random labels are fitted), "
+                          f"got {tuple(label_noise)}: pass e.g. (0.0, 1.0)")
     if not 0 < threshold <= 1:
         raise XauditError(f"threshold must be in (0, 1], got {threshold}")
     data, cfg = _prepare(dataset, config or TrainConfig(), n_train)

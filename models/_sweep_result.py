@@ -20,6 +20,16 @@ from ._train import TrainConfig
 #: Per-trial metrics summarised per point (mean, standard deviation, standard error over repeats).
 METRICS: tuple[str, ...] = ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss",
                             "test_loss", "gap", "val_gap", "loss_gap", "fit_time_s")
+#: Decimals a difference of two accuracies is rounded to. Each accuracy k/n is the double nearest its exact
+#: value, but their difference can land one rounding error past a round number (1.0 − 0.95 is
+#: 0.050000000000000044), and so past a threshold it exactly meets; 12 decimals are far below any difference
+#: of two accuracies on fewer than 10^6 samples each (≥ 1e-12) and far above the rounding noise (~1e-16).
+ACCURACY_DECIMALS = 12
+
+
+def accuracy_difference(a: float, b: float) -> float:
+    """``a − b`` for two accuracies, rounded to :data:`ACCURACY_DECIMALS` so that exact differences stay exact."""
+    return round(a - b, ACCURACY_DECIMALS)
 
 
 @dataclass(frozen=True)
@@ -81,11 +91,11 @@ class TrialResult:
 
     @property
     def gap(self) -> float:
-        return self.train_accuracy - self.test_accuracy
+        return accuracy_difference(self.train_accuracy, self.test_accuracy)
 
     @property
     def val_gap(self) -> float | None:
-        return None if self.val_accuracy is None else self.train_accuracy - self.val_accuracy
+        return None if self.val_accuracy is None else accuracy_difference(self.train_accuracy, self.val_accuracy)
 
     @property
     def loss_gap(self) -> float:
@@ -202,7 +212,7 @@ class Recommendation:
 
 
 def _sub(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
+    return None if a is None or b is None else accuracy_difference(a, b)
 
 
 def recommend(summaries: Sequence[PointSummary]) -> Recommendation:

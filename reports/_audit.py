@@ -32,7 +32,7 @@ from markupsafe import Markup
 from xaudit.explain import available_methods, available_metrics, quality_json
 from xaudit.models._errors import XauditError, did_you_mean
 
-from ._audit_policy import RULES, Policy, PolicyCheck, Step, Threshold, load_policy
+from ._audit_policy import RULES, Policy, PolicyCheck, Step, Threshold, load_policy, meets
 from ._sections import Section
 
 if TYPE_CHECKING:
@@ -68,6 +68,11 @@ class AuditCheck:
     status: str
     note: str = ""
     why: str = ""
+
+    @property
+    def value_text(self) -> str:
+        """The value as the table shows it (:func:`value_text`)."""
+        return value_text(self.value, self.threshold)
 
     @property
     def threshold_text(self) -> str:
@@ -107,7 +112,7 @@ class AuditResult:
     def table(self) -> str:
         """The pass/fail table ``xaudit audit`` prints: one row per check, then the verdict."""
         rows = [("result", "check", "value", "threshold", "note")]
-        rows += [tuple(map(printable, (c.status[:4].upper(), c.name, format_value(c.value), c.threshold_text,
+        rows += [tuple(map(printable, (c.status[:4].upper(), c.name, c.value_text, c.threshold_text,
                                        f"{c.note}: {c.why}" if c.why and c.status == "failed" else c.note)))
                  for c in self.checks]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -128,7 +133,7 @@ class AuditResult:
         classname = "xaudit.audit." + "_".join(self.policy.name.split())
         for check in self.checks:
             case = ET.SubElement(suite, "testcase", classname=classname, name=check.name, time="0")
-            detail = f"{check.path} = {format_value(check.value)}; threshold {check.threshold_text}"
+            detail = f"{check.path} = {check.value_text}; threshold {check.threshold_text}"
             if check.status == "failed":
                 failure = ET.SubElement(case, "failure", type="threshold", message=_failure_message(check))
                 failure.text = detail + (f"\nwhy: {check.why}" if check.why else "")
@@ -160,6 +165,21 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def value_text(value: Any, threshold: Any = None) -> str:
+    """:func:`format_value`, with as many more digits as it takes for a number not to print as the number
+    ``threshold`` it differs from (beyond the audit's tolerance): 4 significant digits show 0.050004 as 0.05,
+    and "0.05 is not <= 0.05" reads as a contradiction."""
+    text = format_value(value)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, threshold))
+    if not numbers or meets(value, "equals", threshold) or text != format_value(threshold):
+        return text  # equal within the audit's tolerance: the short form is the truth
+    for digits in (6, 9, 12, 17):
+        text = f"{value:.{digits}g}"
+        if text != f"{threshold:.{digits}g}":
+            break
+    return text
+
+
 #: Characters XML 1.0 forbids anywhere in a document (everything but tab, LF, CR below U+0020; surrogates;
 #: U+FFFE and U+FFFF).
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -186,7 +206,7 @@ def printable(text: str) -> str:
 def _failure_message(check: AuditCheck) -> str:
     if check.value is None:
         return check.note
-    return f"{check.name}: {format_value(check.value)} is not {check.threshold_text}"
+    return f"{check.name}: {check.value_text} is not {check.threshold_text}"
 
 
 def audit(report: Report | Mapping[str, Any], policy: PolicyLike = None) -> AuditResult:
@@ -264,7 +284,7 @@ def _evaluate(check: PolicyCheck, report: Mapping[str, Any]) -> list[AuditCheck]
             continue
         ok = _compare(check, t.path, value)
         out.append(AuditCheck(value=value, passed=ok, status="passed" if ok else "failed",
-                              note="" if ok else f"{format_value(value)} is not {RULES[check.rule]} "
+                              note="" if ok else f"{value_text(value, check.threshold)} is not {RULES[check.rule]} "
                                                   f"{format_value(check.threshold)}", **common))
     return out
 
@@ -289,6 +309,8 @@ def _compare(check: PolicyCheck, path: str, value: Any) -> bool:
             raise XauditError(f"{_which(check)}: {path} is {_kind(value)} ({format_value(value)}), but "
                               f"equals = {format_value(check.threshold)} is {_kind(check.threshold)}: "
                               "compare it with a value of the same kind")
+        if number and _kind(check.threshold) == "a number":
+            return meets(value, "equals", check.threshold)  # type: ignore[arg-type]
         return bool(value == check.threshold)
     if not number:
         hint = "use equals = true or false" if isinstance(value, bool) else "name a number inside it"
@@ -296,7 +318,7 @@ def _compare(check: PolicyCheck, path: str, value: Any) -> bool:
             hint += f" ({', '.join(sorted(map(str, value)))})"
         raise XauditError(f"{_which(check)}: {path} is {_kind(value)}, not a number, so "
                           f"{check.rule} cannot compare it: {hint}")
-    return value >= check.threshold if check.rule == "min" else value <= check.threshold
+    return meets(value, check.rule, check.threshold)  # type: ignore[arg-type]
 
 
 def _entry_name(entry: Any) -> str | None:

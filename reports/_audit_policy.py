@@ -9,7 +9,8 @@ costs seconds, not a full report. The format::
     [[check]]
     name = "test accuracy"                 # optional; defaults to the path
     value = "metrics.test_accuracy"        # a path into report.json
-    min = 0.95                             # exactly one of min, max, equals
+    min = 0.95                             # exactly one of min, max, equals (a number within 1e-9
+                                           # relative of it counts as equal: float rounding never fails a check)
     why = "below this the model is not fit for release"   # optional; shown with a failure
 
 Paths are dotted keys with list selectors: ``methods[saliency]`` picks the entry whose ``name`` (or
@@ -38,6 +39,12 @@ from ._atomic import refuse_special_file
 
 #: The comparison of each rule: the value must be ≥ ``min``, ≤ ``max`` or equal to ``equals``.
 RULES: dict[str, str] = {"min": ">=", "max": "<=", "equals": "=="}
+#: A number within this relative distance of its threshold counts as equal to it (so it meets min, max and
+#: equals): report.json's values come from float arithmetic, where 100% − 95% is 0.050000000000000044, and a
+#: value one rounding error past a threshold it meets exactly must not fail it ("0.05 is not <= 0.05").
+REL_TOLERANCE = 1e-9
+#: The same at a threshold of 0, where no relative distance is small enough for rounding noise.
+ABS_TOLERANCE = 1e-12
 POLICY_KEYS: tuple[str, ...] = ("name", "description", "check")
 CHECK_KEYS: tuple[str, ...] = ("name", "value", *RULES, "why")
 #: The policy ``load_policy(None)`` returns: package data next to this module.
@@ -178,3 +185,15 @@ def _check(table: dict[str, Any], where: str) -> PolicyCheck:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def meets(value: float, rule: str, threshold: float) -> bool:
+    """Whether number ``value`` passes ``rule`` (min, max or equals) against number ``threshold``, values within
+    :data:`REL_TOLERANCE` (relative) or :data:`ABS_TOLERANCE` of it counting as equal."""
+    if math.isclose(value, threshold, rel_tol=REL_TOLERANCE, abs_tol=ABS_TOLERANCE):
+        return True
+    if rule == "min":
+        return value >= threshold
+    if rule == "max":
+        return value <= threshold
+    return False

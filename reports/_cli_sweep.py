@@ -76,7 +76,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     run.add_argument("--drift", default="saliency", metavar="A,B",
                      help="explanation methods whose drift across the points is measured, or none (default: saliency)")
     run.add_argument("--n-drift", type=_positive_int, default=16, metavar="N",
-                     help="test inputs explained per point for the drift (default: 16)")
+                     help="test inputs explained per point for the drift, at least 2 (default: 16)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(run=run_sweep_command)
     return parser
@@ -105,6 +105,10 @@ def _run(args: argparse.Namespace) -> int:
     base = TrainConfig(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
     grid = parse_grid(args.grid, base=base)
     drift_methods = _drift_methods(args.drift)
+    if drift_methods and args.n_drift < 2:
+        # explanation_drift refuses it too, but only after every trial has trained
+        raise XauditError(f"--n-drift must be at least 2 for the explanation drift, got {args.n_drift}: pass e.g. "
+                          "--n-drift 16, or --drift none to skip the drift")
     if args.address and args.backend != "ray":
         raise XauditError(f"--address joins a Ray cluster and needs --backend ray (got --backend {args.backend})")
     created = prepare_out_dir(args.out, files=("manifest.json", "sweep.html", "sweep.json"))

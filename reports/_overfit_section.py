@@ -32,7 +32,10 @@ class OverfittingSection(Section):
 
     def json_part(self, ctx: ReportContext) -> dict[str, Any]:
         subject = ctx.subject
-        diagnostics = overfitting_diagnostics(subject.model, subject.dataset, subject.history)
+        # the config lets the diagnostics rebuild the split the model was fitted on, so train accuracy is on the
+        # fitted samples, not on the validation part too; the history checks that the split is this model's
+        diagnostics = overfitting_diagnostics(subject.model, subject.dataset, subject.history,
+                                              train_config=subject.train_config)
         return {"diagnostics": diagnostics.to_json()}
 
     def template_vars(self, ctx: ReportContext, report: Mapping[str, Any]) -> dict[str, Any]:

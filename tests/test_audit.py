@@ -128,6 +128,24 @@ def test_threshold_oracles(rule: str, threshold: str, status: str) -> None:
                                                                        status == "passed")
 
 
+@pytest.mark.parametrize(("value", "rule", "threshold", "status"), [
+    (1.0 - 950 / 1000, "max", "0.05", "passed"),   # 0.050000000000000044: 100% train, 95.0% test
+    (0.1 + 0.2, "max", "0.3", "passed"),           # 0.30000000000000004
+    (0.7 - 0.6 - 0.1, "min", "0", "passed"),       # -2.8e-17 at a threshold of 0
+    (0.1 + 0.2, "equals", "0.3", "passed"),
+    (0.05 * (1 + 2e-9), "max", "0.05", "failed"),  # beyond 1e-9 relative: a real excess
+    (0.95 * (1 - 2e-9), "min", "0.95", "failed"),
+])
+def test_float_rounding_never_fails_a_check(value: float, rule: str, threshold: str, status: str) -> None:
+    result = audit({"metrics": {"x": value}}, _policy(_check("metrics.x", rule, threshold)))
+    (check,) = result.checks
+    assert check.status == status, check.note
+    if status == "failed":  # the note shows the digits that make it fail, never "0.05 is not <= 0.05"
+        shown = check.note.partition(" is not ")[0]
+        assert float(shown) == pytest.approx(value, rel=5e-9) and float(shown) != float(threshold)
+        assert shown in result.table() and shown in result.to_junit_xml()
+
+
 def test_wildcard_expands_per_method_and_skips_unsupported() -> None:
     result = audit(_report(), _policy(_check("methods[*].cost.wall_s_per_sample", "max", "0.01", name="cost")))
     assert [(c.name, c.status, c.value) for c in result.checks] == [

@@ -13,7 +13,7 @@ from _cli_helpers import assert_self_contained
 from xaudit.models._data import load_dataset
 from xaudit.models._errors import XauditError
 from xaudit.models._sweep import run_sweep
-from xaudit.models._train import TrainConfig, train_model
+from xaudit.models._train import TrainConfig, stratified_split, train_model
 from xaudit.reports._drift import explanation_drift
 from xaudit.reports._report import _environment
 from xaudit.reports._overfit_section import OverfittingSection, render_overfitting
@@ -30,12 +30,18 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
 
 def test_overfitting_section_json_and_html() -> None:
     data = load_dataset("digits").subset(200, 80)
-    trained = train_model("cnn", data, TrainConfig(epochs=2, batch_size=32))
-    ctx = SimpleNamespace(subject=SimpleNamespace(model=trained.model, dataset=data, history=trained.history))
+    config = TrainConfig(epochs=2, batch_size=32)
+    trained = train_model("cnn", data, config)
+    ctx = SimpleNamespace(subject=SimpleNamespace(model=trained.model, dataset=data, history=trained.history,
+                                                  train_config=config))
     section = OverfittingSection()
     part = section.json_part(ctx)  # type: ignore[arg-type]
     assert list(part) == ["diagnostics"]
     diagnostics = json.loads(json.dumps(part["diagnostics"], allow_nan=False))
+    # the subject's training config rebuilds the split: train accuracy on the fitted samples, not all 200
+    fit, _ = stratified_split(data.y_train, config.val_fraction, torch.Generator().manual_seed(config.seed))
+    assert diagnostics["gap"]["train_split"] == "fit" and diagnostics["gap"]["n_train"] == len(fit) < 200
+    assert diagnostics["gap"]["train_accuracy"] == trained.history[-1].train_accuracy
     html = section.render(ctx, part, _environment())  # type: ignore[arg-type]
     assert_self_contained(html)
     assert "reliability diagram" in html and "features.2.weight" in html

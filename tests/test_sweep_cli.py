@@ -64,6 +64,20 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], fragments: list[str],
     assert not out.exists(), "a refused sweep must not create its run directory"
 
 
+def test_n_drift_below_2_is_refused_before_any_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import xaudit.reports._cli_sweep as cli_sweep
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the sweep trained before refusing --n-drift")
+
+    monkeypatch.setattr(cli_sweep, "run_sweep", no_training)
+    out = tmp_path / "out"
+    code, _, err = run_sweep_cli([*QUICK, "--grid", "weight_decay=0,1e-3", "--n-drift", "1", "--out", out], capsys)
+    assert_one_line_error(code, err, "--n-drift must be at least 2", "got 1", "--drift none")
+    assert not out.exists()
+
+
 def test_unwritable_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "plain-file"
     blocker.write_text("x")

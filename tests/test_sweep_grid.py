@@ -6,7 +6,7 @@ import pytest
 
 from xaudit.models._errors import XauditError
 from xaudit.models._grid import KNOBS, grid_from_json, grid_points, grid_to_json, parse_grid
-from xaudit.models._sweep_result import PointSummary, Stat, is_unregularized, recommend
+from xaudit.models._sweep_result import PointSummary, Stat, TrialCost, TrialResult, is_unregularized, recommend
 from xaudit.models._train import TrainConfig
 
 
@@ -115,3 +115,13 @@ def test_recommendation_ignores_smaller_training_sets() -> None:
     points = grid_points(parse_grid(["train_fraction=0.5,1"]), TrainConfig(), "image")
     summaries = [_summary(points[0], [0.95], [0.95], [0.5]), _summary(points[1], [0.9], [1.0], [0.9])]
     assert recommend(summaries).chosen.point.index == 1
+
+
+def test_trial_gaps_are_exact_at_round_numbers() -> None:
+    # 100% train, 950 of 1000 test and 970 of 1000 validation samples right: gaps of exactly 5 and 3 points
+    trial = TrialResult(key="p000-r00", point_index=0, repeat=0, seed=0, config=TrainConfig(), train_fraction=1.0,
+                        n_train=900, history=(), best_epoch=1, stopped_early=False, train_accuracy=1.0, train_loss=0.0,
+                        val_accuracy=970 / 1000, val_loss=0.1, test_accuracy=950 / 1000, test_loss=0.2,
+                        cost=TrialCost(1.0, 1.0, 1, 900, 10, None))
+    assert trial.gap == 0.05 and trial.val_gap == 0.03
+    assert trial.to_json()["gap"] == 0.05
