@@ -176,3 +176,12 @@ def test_a_method_whose_map_is_all_zero_is_reported_as_failing_the_sanity_check(
     html = report.to_html()
     assert_self_contained(html)
     assert "no ranking for randomization to destroy" in html
+
+
+def test_the_report_gap_is_exact_at_a_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xaudit.reports import _build
+
+    accuracies = iter([(0.1, 0.95), (0.0, 1.0)])  # test, then train: 1.0 - 0.95 is 0.050000000000000044 in floats
+    monkeypatch.setattr(_build, "evaluate", lambda *a, **k: next(accuracies))
+    data = _dataset("image")
+    assert _build.compute_metrics(torch.nn.Identity(), data)["generalization_gap"] == 0.05
