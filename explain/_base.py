@@ -422,7 +422,7 @@ class Explainer:
 
     def _explain(self, inputs: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None, *,
                  batch_size: int | None, seed: int | None, memory_budget: int | str | None) -> Explanation:
-        inputs = self._checked(inputs)
+        """:meth:`explain` on a batch :meth:`_checked` already."""
         device = _model_device(self.model)
         counter = EvalCounter()
         counting = CountingModel(self.model, counter)
