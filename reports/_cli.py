@@ -351,7 +351,10 @@ def _run_explain(args: argparse.Namespace) -> int:
             attributions, inputs = attributions.transpose(1, 2), inputs.transpose(1, 2)
         arrays = {"attributions": attributions.numpy(), "inputs": inputs.numpy(),
                   "targets": exp.targets.numpy(), "labels": dataset.y_test[indices].numpy(),
-                  "test_indices": indices.numpy(), "class_names": np.array(subject.class_names, dtype=str)}
+                  "test_indices": indices.numpy(), "class_names": np.array(subject.class_names, dtype=str),
+                  # per-sample checks of the method's own axiom: IG's/deeplift's convergence_delta, SHAP's
+                  # additivity_error and base_value
+                  **{key: value.numpy() for key, value in exp.extras.items()}}
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"

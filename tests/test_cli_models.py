@@ -127,6 +127,8 @@ def test_explain_writes_npz_and_cost_json(tmp_path: Path, capsys: pytest.Capture
         assert npz["attributions"].shape == npz["inputs"].shape == (5, 1, 8, 8)
         assert npz["targets"].shape == npz["labels"].shape == npz["test_indices"].shape == (5,)
         assert np.isfinite(npz["attributions"]).all()
+        # IG's completeness gap per sample: the attributions' sum against f(x) - f(baseline) is small
+        assert npz["convergence_delta"].shape == (5,) and np.abs(npz["convergence_delta"]).max() < 0.1
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary == json.loads(stdout)
     assert summary["name"] == "integrated_gradients" and summary["n_samples"] == 5
