@@ -412,12 +412,13 @@ class Explainer:
         if not self.groups_regions or batch.dim() != 3 or not _takes_channels_first(self.model, batch):
             return None, batch
         background = getattr(self, "background_", None)
-        key = (repr(self.get_params()), background)
-        if self._twin is None or self._twin[0] != key[0] or self._twin[1] is not background:
+        params = repr(self.get_params())
+        if (self._twin is None or self._twin[0] != params or self._twin[1] is not background
+                or self._twin[2].model.model is not self.model):  # the same settings, background and model
             twin = type(self)(ChannelsFirst(self.model), **self.get_params())
             if isinstance(background, torch.Tensor) and background.dim() == 3:
                 twin.background_ = background.transpose(1, 2)
-            self._twin = (key[0], background, twin)
+            self._twin = (params, background, twin)
         return self._twin[2], batch
 
     def _explain(self, inputs: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None, *,
@@ -511,11 +512,17 @@ def _takes_channels_first(model: nn.Module, batch: torch.Tensor) -> bool:
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype | None:
-    """The dtype of the model's first floating-point parameter or buffer (None: it has none)."""
-    for module in modules_of(model):
-        for t in itertools.chain(module._parameters.values(), module._buffers.values()):
-            if t is not None and t.is_floating_point():
-                return t.dtype
+    """The floating dtype holding most of the model's parameter elements (of its buffers when it has no floating
+    parameters); None for a model with neither. The majority, not the first tensor: a float32 CNN wrapped with a
+    float64 temperature computes in float32."""
+    sizes: dict[torch.dtype, int] = {}
+    for registry in ("_parameters", "_buffers"):
+        for module in modules_of(model):
+            for t in getattr(module, registry).values():
+                if t is not None and t.is_floating_point():
+                    sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel()
+        if sizes:
+            return max(sizes, key=sizes.__getitem__)
     return None
 
 

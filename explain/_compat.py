@@ -191,9 +191,12 @@ def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
     its modules, hooks and flags.
     """
     # parameters and buffers are shared, not copied: the copy always computes with the model's current values
-    # and so are tensors kept as plain attributes (a normalisation mean), which the copy must read current too
+    # and so is every other plain attribute (a normalisation tensor, a list, a numpy array, a config object):
+    # changed in place, the copy reads it current too. Only the modules and their registries and hook dicts
+    # are the copy's own.
     memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    memo.update((id(v), v) for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor))
+    memo.update((id(v), v) for m in model.modules() for k, v in vars(m).items()
+                if not isinstance(v, nn.Module) and not (k.startswith("_") and isinstance(v, dict)))
     try:
         safe = copy.deepcopy(model, memo)
     except Exception as err:  # noqa: BLE001 - any failure to copy means we cannot run hooks safely

@@ -10,7 +10,8 @@ The per-model caches (the hook-safe copy, the class count, the FLOP and memory p
 :func:`model_generation`. It compares a fingerprint of every module's attributes with the one seen last:
 the module objects, the parameter and buffer objects, hooks, flags and plain attributes (a calibrated
 ``temperature``, a normalisation tensor kept as an attribute). New *values* in the same tensors (an optimizer
-step, ``load_state_dict``) keep the generation: the copies share those tensors.
+step, ``load_state_dict``) keep the generation: the hook-safe copy shares the model's tensors and every other
+plain attribute (lists, arrays, config objects), so what changes inside them in place reaches it too.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class _Seen:
 
 
 _SCOPE: ContextVar[dict[int, _Seen] | None] = ContextVar("xaudit_model_scope", default=None)
-# model -> (fingerprint, generation). The fingerprint never holds the model itself, only its submodules and
-# attribute values, so a model nobody else references is collected and its entry dropped.
+# model -> (fingerprint, generation). The stored fingerprint holds objects by weak reference only, so a model
+# nobody else references is collected and its entry dropped.
 _GENERATIONS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, int]] = weakref.WeakKeyDictionary()
 _NEXT_GENERATION = itertools.count(1)
 #: Leaves compared by value; everything else by identity (a new tensor or function is a change).
@@ -83,36 +84,75 @@ def one_walk_per_call(model: nn.Module) -> Iterator[None]:
         _SCOPE.reset(token)
 
 
-def _leaves(value: Any, out: list[Any]) -> None:
+#: Containers (lists, tuples, dicts, sets) are looked into this deep, and only up to this many items; a deeper
+#: or larger one counts by identity and length (a 1M-entry vocabulary dict made every call ~800× slower).
+_MAX_DEPTH, _MAX_ITEMS = 3, 256
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _leaves(value: Any, out: list[Any], depth: int) -> None:
+    kind = type(value)
+    if kind not in _CONTAINERS and not isinstance(value, dict):
+        out.append(value)
+        return
+    out.append(kind)
+    out.append(len(value))
+    if depth >= _MAX_DEPTH or len(value) > _MAX_ITEMS:
+        out.append(value)  # by identity: a list holding itself ends here too
+        return
     if isinstance(value, dict):
-        out.append(len(value))
         for key, item in value.items():
             out.append(key)
-            _leaves(item, out)
-    elif type(value) in (list, tuple):
-        out.append(len(value))
-        for item in value:
-            _leaves(item, out)
+            _leaves(item, out, depth + 1)
     elif isinstance(value, (set, frozenset)):
-        out.append(frozenset(value))
+        out.append(frozenset(value) if all(isinstance(v, _VALUE_TYPES) for v in value) else value)
     else:
-        out.append(value)
+        for item in value:
+            _leaves(item, out, depth + 1)
 
 
 def _fingerprint(model: nn.Module) -> tuple:
-    """Every module's attributes as one flat tuple of leaves (lengths included, so two different layouts never
-    flatten alike). ``training`` is left out: explanation calls switch it and restore it."""
+    """Every module's attributes as one flat tuple of leaves (types and lengths included, so two different
+    layouts never flatten alike). ``training`` is left out: explanation calls switch it and restore it."""
     out: list[Any] = []
     for module in modules_of(model):
         attrs = {k: v for k, v in vars(module).items() if k != "training"}
         out.append(type(module))
-        _leaves(attrs, out)
+        _leaves(attrs, out, 0)
     return tuple(out)
 
 
-def _same(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(
-        u is v or (type(u) is type(v) and isinstance(u, _VALUE_TYPES) and u == v) for u, v in zip(a, b))
+def _stored(leaf: Any) -> Any:
+    """A leaf as the stored fingerprint keeps it: values as they are, objects by weak reference, so the stored
+    fingerprint never keeps the model alive (a bound-method hook or a child pointing back at the model would)."""
+    if isinstance(leaf, _VALUE_TYPES) or type(leaf) is type:
+        return leaf
+    try:
+        return weakref.ref(leaf)
+    except TypeError:  # lists, dicts, tuples: by identity, with their length next to them
+        return _ById(id(leaf))
+
+
+class _ById:
+    __slots__ = ("ident",)
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+
+
+def _same(stored: tuple, now: tuple) -> bool:
+    if len(stored) != len(now):
+        return False
+    for s, v in zip(stored, now):
+        if isinstance(s, weakref.ref):
+            if s() is not v:
+                return False
+        elif isinstance(s, _ById):
+            if s.ident != id(v):
+                return False
+        elif not (s is v or (type(s) is type(v) and s == v)):
+            return False
+    return True
 
 
 def model_generation(model: nn.Module) -> int:
@@ -128,7 +168,7 @@ def model_generation(model: nn.Module) -> int:
         generation = stored[1]
     else:
         generation = next(_NEXT_GENERATION)
-        _GENERATIONS[model] = (fingerprint, generation)
+        _GENERATIONS[model] = (tuple(_stored(leaf) for leaf in fingerprint), generation)
     if seen is not None:
         seen.generation = generation
     return generation

@@ -137,3 +137,48 @@ def test_a_model_nobody_holds_is_freed_after_explaining(method: str) -> None:
     del model
     gc.collect()
     assert ref() is None  # the per-model caches must not keep it alive (a sweep explains hundreds)
+
+
+class _Odd(nn.Module):
+    """State a user's model may carry: a list holding itself, a big vocabulary, a config object and a list of
+    tensors changed in place, a bound-method hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = _net()
+        self.loop: list = []
+        self.loop.append(self.loop)
+        self.vocab = {f"w{i}": i for i in range(100_000)}
+        self.config = type("Config", (), {"scale": 1.0})()
+        self.shifts = [torch.zeros(1, 1, 6, 6)]
+        self.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args: object, out: torch.Tensor) -> None:
+        self.last_shape = tuple(out.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x + self.shifts[0]) * self.config.scale
+
+
+@pytest.mark.parametrize("method", ["deeplift", "guided_backprop", "saliency"])
+def test_odd_attributes_are_followed_and_never_keep_the_model_alive(method: str) -> None:
+    import gc
+    import weakref
+
+    from xaudit.models._walk import _fingerprint
+
+    model = _Odd()
+    first = explain(model, X, method=method, target=1).attributions
+    assert len(_fingerprint(model)) < 2_000  # the 100,000-entry dict counts by identity, not entry by entry
+    model.config.scale = 3.0  # in place, inside objects the copy shares
+    model.shifts[0].add_(0.5)
+    again = explain(model, X, method=method, target=1).attributions
+    fresh = _Odd()
+    fresh.config.scale, fresh.shifts[0] = 3.0, torch.full((1, 1, 6, 6), 0.5)
+    torch.testing.assert_close(again, explain(fresh, X, method=method, target=1).attributions)
+    assert not torch.allclose(again, first)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # the bound-method hook and the self-holding list lead back to it: only weakly held

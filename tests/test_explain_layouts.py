@@ -61,3 +61,22 @@ def test_per_element_methods_and_models_without_conv1d_are_left_as_they_are() ->
     flat = nn.Sequential(nn.Flatten(), nn.Linear(72, 2)).eval()  # N×T×F as it is: no Conv1d to hand it to
     exp = explain(flat, x, method="occlusion", target=1)
     assert "input_layout" not in exp.settings
+
+
+def test_a_float32_model_with_a_float64_attribute_gets_float32_inputs() -> None:
+    model = _Conv1dNCL().eval()
+    model.register_buffer("temperature", torch.tensor(2.0, dtype=torch.float64))  # a calibration scalar
+    exp = explain(model, torch.rand(2, 3, 24, dtype=torch.float64), method="saliency", target=1)
+    assert exp.attributions.dtype == torch.float32
+
+
+def test_the_routed_method_follows_a_new_model() -> None:
+    first, second = _Conv1dNCL().eval(), _Conv1dNCL().eval()
+    with torch.no_grad():
+        second.head.weight.mul_(-1.0)
+    x = torch.rand(2, 3, 24)
+    explainer = get_explainer("occlusion")(first)
+    explainer.explain(x, target=1)
+    explainer.model = second
+    torch.testing.assert_close(explainer.explain(x, target=1).attributions,
+                               get_explainer("occlusion")(second).explain(x, target=1).attributions)
