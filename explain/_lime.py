@@ -225,7 +225,7 @@ class Lime(Explainer):
         super().__init__(model)
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
             raise XauditError(f"num_samples must be an integer of at least 2, got {shown(num_samples)}: "
-                              "pass e.g. 1000")
+                              "pass e.g. num_samples=1000")
         if not _is_real(kernel_width) or not math.isfinite(kernel_width) or kernel_width <= 0:
             raise XauditError(f"kernel_width must be a positive number, got {shown(kernel_width)}: "
                               "lime's default is 0.25")

@@ -337,3 +337,9 @@ def test_gradcam_on_a_layer_without_feature_maps_names_that_layers_output_shape(
                                           r"'3' outputs shape \(5,\) per sample: pick a conv layer") as err:
         explain(model, rand(2, 1, 8, 8), "gradcam", layer="3")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [2.5, "1000", 1])
+def test_lime_sample_count_error_names_the_parameter_in_its_fix(bad: Any) -> None:
+    with pytest.raises(XauditError, match=r"num_samples must be .*: pass e\.g\. num_samples=1000$"):
+        get_explainer("lime")(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), num_samples=bad)
