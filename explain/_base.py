@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -369,6 +370,13 @@ class Explainer:
         return self.memory_factor * (GRADIENT_CALL_SLACK if self.uses_gradients else 1.0)
 
     def _checked(self, inputs: Any) -> torch.Tensor:
+        raw_dtype = getattr(inputs, "dtype", None)
+        integer = raw_dtype is not None and not (raw_dtype.is_floating_point if isinstance(raw_dtype, torch.dtype)
+                                                 else np.issubdtype(raw_dtype, np.floating))
+        if integer and any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in modules_of(self.model)):
+            raise XauditError("the inputs are integer token ids for an nn.Embedding, which no attribution method "
+                              "can vary: explain the model from the embedding output on (a module that takes the "
+                              "embedded N×T×F sequence), as captum's LayerIntegratedGradients does")
         inputs = _as_batch(inputs)
         dtype = _model_dtype(self.model)
         if dtype is not None and inputs.dtype != dtype:

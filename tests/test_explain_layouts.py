@@ -80,3 +80,14 @@ def test_the_routed_method_follows_a_new_model() -> None:
     explainer.model = second
     torch.testing.assert_close(explainer.explain(x, target=1).attributions,
                                get_explainer("occlusion")(second).explain(x, target=1).attributions)
+
+
+def test_integer_token_ids_for_an_embedding_are_refused_with_the_fix() -> None:
+    from xaudit.models._errors import XauditError
+
+    model = nn.Sequential(nn.Embedding(20, 4), nn.Flatten(), nn.Linear(6 * 4, 2))
+    ids = torch.randint(0, 20, (3, 6))
+    with pytest.raises(XauditError, match="integer token ids for an nn.Embedding.*embedding output"):
+        explain(model, ids, method="saliency", target=0)
+    with pytest.raises(XauditError, match="integer token ids"):
+        explain(model, ids.numpy(), method="occlusion", target=0)
