@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import functools
 import inspect
-import itertools
 import math
 import re
 import time
@@ -27,7 +26,7 @@ from torch import nn
 
 from xaudit.models._errors import XauditError, did_you_mean
 from xaudit.models._layout import CHANNELS_FIRST, ChannelsFirst, takes_channels_first
-from xaudit.models._walk import model_generation, modules_of, one_walk_per_call
+from xaudit.models._walk import modules_of, one_walk_per_call, per_generation
 
 from ._cost import Cost, CostMeter, EvalCounter
 from ._flops import flop_profile
@@ -510,13 +509,8 @@ def _takes_channels_first(model: nn.Module, batch: torch.Tensor) -> bool:
     """:func:`~xaudit.models._layout.takes_channels_first`, probed once per model generation and sample shape."""
     if not any(isinstance(m, nn.Conv1d) for m in modules_of(model)):
         return False
-    key = (tuple(batch.shape[1:]), batch.dtype)
-    generation = model_generation(model)
-    per_model = _CHANNELS_FIRST.setdefault(model, {})
-    hit = per_model.get(key)
-    if hit is None or hit[0] != generation:
-        hit = per_model[key] = (generation, takes_channels_first(model, batch[:2]))
-    return hit[1]
+    return per_generation(_CHANNELS_FIRST, model, (tuple(batch.shape[1:]), batch.dtype),
+                          lambda: takes_channels_first(model, batch[:2]))
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype | None:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from xaudit.models._errors import XauditError
-from xaudit.models._walk import model_generation
+from xaudit.models._walk import per_generation
 
 from ._base import model_guard
 
@@ -258,13 +258,10 @@ def cached_hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *
     attributes in ``finally`` blocks).
     """
     key = (tuple(sample.shape[1:]), sample.dtype, method, rule_modules, functions, one_call_per_module)
-    generation = model_generation(model)
-    per_model = _SAFE_COPIES.setdefault(model, {})
-    hit = per_model.get(key)
-    if hit is not None and hit[0] == generation:
-        return hit[1]
-    safe = hook_safe_copy(model, sample, method, rule_modules=rule_modules, functions=functions,
-                          one_call_per_module=one_call_per_module)
-    safe.eval()  # once: nothing puts the private copy back in training mode
-    per_model[key] = (generation, safe)
-    return safe
+
+    def copy_once() -> nn.Module:
+        safe = hook_safe_copy(model, sample, method, rule_modules=rule_modules, functions=functions,
+                              one_call_per_module=one_call_per_module)
+        return safe.eval()  # once: nothing puts the private copy back in training mode
+
+    return per_generation(_SAFE_COPIES, model, key, copy_once)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from xaudit.models._walk import model_generation
+from xaudit.models._walk import per_generation
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,13 @@ def flop_profile(model: nn.Module, sample: torch.Tensor, target: int = 0) -> Flo
     """Measure forward and input-gradient backward FLOPs for ONE sample (``sample`` has batch size 1).
 
     The model must already be in the mode it will be explained in (eval); the result is cached per model
-    and input shape. Gradients are taken with ``torch.autograd.grad`` so no parameter's ``.grad`` changes.
+    generation and input shape. Gradients are taken with ``torch.autograd.grad`` so no parameter's ``.grad`` changes.
     """
-    key = (tuple(sample.shape), sample.dtype)
-    generation = model_generation(model)
-    per_model = _CACHE.setdefault(model, {})
-    hit = per_model.get(key)
-    if hit is not None and hit[0] == generation:
-        return hit[1]
+    return per_generation(_CACHE, model, (tuple(sample.shape), sample.dtype),
+                          lambda: _measure_flops(model, sample, target))
 
+
+def _measure_flops(model: nn.Module, sample: torch.Tensor, target: int) -> FlopProfile:
     lstm_lengths: dict[str, int] = {}
     handles = []
     for name, module in model.named_modules():
@@ -106,6 +104,4 @@ def flop_profile(model: nn.Module, sample: torch.Tensor, target: int = 0) -> Flo
             forward += fwd
             backward += fwd
             analytic.append(f"{name or 'model'}: LSTM")
-    profile = FlopProfile(forward=forward, backward=backward, analytic_layers=tuple(analytic))
-    per_model[key] = (generation, profile)
-    return profile
+    return FlopProfile(forward=forward, backward=backward, analytic_layers=tuple(analytic))

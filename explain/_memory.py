@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from xaudit.models._errors import XauditError
-from xaudit.models._walk import model_generation
+from xaudit.models._walk import per_generation
 
 #: Default budget for one explanation call.
 DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
@@ -123,12 +123,11 @@ def row_memory(model: nn.Module, sample: torch.Tensor) -> RowMemory:
     Counts the bytes autograd saves for the backward pass (``saved_tensors_hooks``), which sees inside
     fused and scripted modules where module hooks cannot (TorchScript models take no hooks at all).
     """
-    key = (tuple(sample.shape[1:]), sample.dtype)
-    generation = model_generation(model)
-    per_model = _CACHE.setdefault(model, {})
-    hit = per_model.get(key)
-    if hit is not None and hit[0] == generation:
-        return hit[1]
+    return per_generation(_CACHE, model, (tuple(sample.shape[1:]), sample.dtype),
+                          lambda: _measure_row_memory(model, sample))
+
+
+def _measure_row_memory(model: nn.Module, sample: torch.Tensor) -> RowMemory:
     param_ptrs = {p.data_ptr() for p in model.parameters()}
     seen: set[tuple[int, int]] = set()
     saved = [0]
@@ -146,9 +145,7 @@ def row_memory(model: nn.Module, sample: torch.Tensor) -> RowMemory:
     out_bytes = out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0
     total = saved[0] + out_bytes + x.numel() * x.element_size()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    memory = RowMemory(bytes_per_row=int(total * _GRADIENT_FACTOR), fixed_bytes=int(params))
-    per_model[key] = (generation, memory)
-    return memory
+    return RowMemory(bytes_per_row=int(total * _GRADIENT_FACTOR), fixed_bytes=int(params))
 
 
 def cpu_row_cap(memory: RowMemory) -> int:

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from xaudit.models._errors import XauditError
-from xaudit.models._nets import model_kind
 from xaudit.models._modes import eval_mode
-from xaudit.models._walk import model_generation, modules_of
+from xaudit.models._nets import model_kind
+from xaudit.models._walk import modules_of, per_generation
 
 from ._cost import EvalCounter
 
@@ -141,32 +141,31 @@ def _n_outputs(model: nn.Module, x: torch.Tensor) -> int:
     not one row of class scores per input (two inputs are probed, so a model that only works on batches of
     one is caught here too), is a one-line XauditError before any method runs.
     """
-    key = (tuple(x.shape[1:]), x.dtype)
-    generation = model_generation(model)  # a new head on the same object is a new probe
-    per_model = _N_OUTPUTS.setdefault(model, {})
-    hit = per_model.get(key)
-    if hit is None or hit[0] != generation:
-        k = min(len(x), 2)
-        try:
-            with torch.no_grad():
-                out = model(x[:k])
-        except XauditError:
-            raise
-        except Exception as err:  # noqa: BLE001 - whatever the model raises on these inputs, said in one line
-            said = " ".join(str(err).split())[:200] or type(err).__name__
-            raise XauditError(f"inputs of shape {tuple(x.shape)} do not fit the model ({said}): pass a batch "
-                              "shaped N × the model's input shape (one sample: x.unsqueeze(0))") from err
-        if isinstance(out, (tuple, list, dict)):
-            pick = "['logits']" if isinstance(out, dict) else "[0]"
-            raise XauditError(f"the model returned a {type(out).__name__} for a batch of {k}, not a tensor: "
-                              "explanations need one row of class scores per input (N × classes); wrap it so "
-                              f"forward returns only those, e.g. a module whose forward is model(x){pick}")
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != k:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise XauditError(f"the model returned {got} for a batch of {k}: explanations need one row of class "
-                              "scores per input (N × classes) from forward, whatever the batch size")
-        hit = per_model[key] = (generation, int(out.shape[-1]))
-    return hit[1]
+    # a new head on the same object is a new probe
+    return per_generation(_N_OUTPUTS, model, (tuple(x.shape[1:]), x.dtype), lambda: _probe_outputs(model, x))
+
+
+def _probe_outputs(model: nn.Module, x: torch.Tensor) -> int:
+    k = min(len(x), 2)
+    try:
+        with torch.no_grad():
+            out = model(x[:k])
+    except XauditError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the model raises on these inputs, said in one line
+        said = " ".join(str(err).split())[:200] or type(err).__name__
+        raise XauditError(f"inputs of shape {tuple(x.shape)} do not fit the model ({said}): pass a batch "
+                          "shaped N × the model's input shape (one sample: x.unsqueeze(0))") from err
+    if isinstance(out, (tuple, list, dict)):
+        pick = "['logits']" if isinstance(out, dict) else "[0]"
+        raise XauditError(f"the model returned a {type(out).__name__} for a batch of {k}, not a tensor: "
+                          "explanations need one row of class scores per input (N × classes); wrap it so "
+                          f"forward returns only those, e.g. a module whose forward is model(x){pick}")
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != k:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise XauditError(f"the model returned {got} for a batch of {k}: explanations need one row of class "
+                          "scores per input (N × classes) from forward, whatever the batch size")
+    return int(out.shape[-1])
 
 
 def _synchronize(device: torch.device) -> None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -172,3 +172,18 @@ def model_generation(model: nn.Module) -> int:
     if seen is not None:
         seen.generation = generation
     return generation
+
+
+T = TypeVar("T")
+
+
+def per_generation(cache: weakref.WeakKeyDictionary[nn.Module, dict[Any, tuple[int, Any]]], model: nn.Module,
+                   key: Any, compute: Callable[[], T]) -> T:
+    """``compute()`` for ``model`` and ``key``, kept in ``cache`` and computed again when the model's
+    :func:`model_generation` has changed (the per-model probes: hook-safe copy, class count, FLOPs, memory)."""
+    generation = model_generation(model)
+    per_model = cache.setdefault(model, {})
+    hit = per_model.get(key)
+    if hit is None or hit[0] != generation:
+        hit = per_model[key] = (generation, compute())
+    return hit[1]  # type: ignore[no-any-return]

@@ -25,13 +25,18 @@ CLASS_NAMES = ("<script>alert(1)</script>", "<img src=x onerror=alert(2)>", "a&b
 DATA_FILE_NAME = '"><img src=x onerror=alert(1)>.npz'
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def _need_chromium() -> None:
+    """Skip without Chromium, except under CI, where a missing browser fails."""
     if find_chromium() is None:
         message = "Chromium is not installed (apt-get install chromium, or set $XAUDIT_CHROMIUM)"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{message}: the browser check must run in CI")
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    _need_chromium()
     with Browser(timeout_s=60) as running:
         yield running
 
@@ -161,10 +166,7 @@ _WIDER_THAN_WINDOW = """(() => {
 def test_long_class_names_and_print_fit_the_page(tmp_path_factory: pytest.TempPathFactory) -> None:
     # a class name without spaces made tables 2,000-4,000 px wide (the whole page scrolled sideways), and in
     # print the quality table was 1,331 px on A4 (794 px), its verdicts cut mid-word
-    if find_chromium() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Chromium is not installed: the browser check must run in CI")
-        pytest.skip("Chromium is not installed")
+    _need_chromium()
     folder = tmp_path_factory.mktemp("long")
     names = np.array(["x" * 300, "y" * 200, "z"])
     data = image_npz(folder / "long.npz", class_names=names)
