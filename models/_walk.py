@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 
@@ -40,7 +42,7 @@ class _Seen:
 _SCOPE: ContextVar[dict[int, _Seen] | None] = ContextVar("xaudit_model_scope", default=None)
 # model -> (fingerprint, generation). The stored fingerprint holds objects by weak reference only, so a model
 # nobody else references is collected and its entry dropped.
-_GENERATIONS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, int]] = weakref.WeakKeyDictionary()
+_GENERATIONS: weakref.WeakKeyDictionary[nn.Module, tuple[_Stored, int]] = weakref.WeakKeyDictionary()
 _NEXT_GENERATION = itertools.count(1)
 #: Leaves compared by value; everything else by identity (a new tensor or function is a change).
 _VALUE_TYPES = (bool, int, float, complex, str, bytes, type(None), frozenset)
@@ -90,69 +92,118 @@ _MAX_DEPTH, _MAX_ITEMS = 3, 256
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 
 
-def _leaves(value: Any, out: list[Any], depth: int) -> None:
+# Stands in the values for each object leaf: the objects themselves are compared by identity, apart.
+_OBJECT = object()
+_DICT_KINDS = (dict, OrderedDict)
+_SEQUENCE_KINDS = (tuple, list)
+
+
+def _leaves(value: Any, values: list[Any], objects: list[Any], depth: int) -> None:
+    """Flatten ``value`` into ``values`` (each value leaf after its type, so 1, 1.0 and True differ; container
+    types and lengths; ``_OBJECT`` for each object leaf) and ``objects`` (the object leaves, in order)."""
     kind = type(value)
     if kind not in _CONTAINERS and not isinstance(value, dict):
-        out.append(value)
+        if kind is type or isinstance(value, _VALUE_TYPES):
+            values += (kind, value)
+        else:
+            values.append(_OBJECT)
+            objects.append(value)
         return
-    out.append(kind)
-    out.append(len(value))
+    values += (kind, len(value))
     if depth >= _MAX_DEPTH or len(value) > _MAX_ITEMS:
-        out.append(value)  # by identity: a list holding itself ends here too
+        values.append(_OBJECT)  # by identity: a list holding itself ends here too
+        objects.append(value)
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            out.append(key)
-            _leaves(item, out, depth + 1)
+            _leaves(key, values, objects, _MAX_DEPTH)  # a key is a leaf (a tuple key: by identity)
+            _leaves(item, values, objects, depth + 1)
     elif isinstance(value, (set, frozenset)):
-        out.append(frozenset(value) if all(isinstance(v, _VALUE_TYPES) for v in value) else value)
+        if all(isinstance(v, _VALUE_TYPES) for v in value):
+            values.append(frozenset(value))
+        else:
+            values.append(_OBJECT)
+            objects.append(value)
     else:
         for item in value:
-            _leaves(item, out, depth + 1)
+            _leaves(item, values, objects, depth + 1)
 
 
-def _fingerprint(model: nn.Module) -> tuple:
-    """Every module's attributes as one flat tuple of leaves (types and lengths included, so two different
-    layouts never flatten alike). ``training`` is left out: explanation calls switch it and restore it."""
-    out: list[Any] = []
+def _fingerprint(model: nn.Module) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Every module's attributes flattened into (values, objects): see :func:`_leaves`. ``training`` is left
+    out: explanation calls switch it and restore it.
+
+    Most of a module's attributes are names, numbers and empty hook dicts; those are appended here directly,
+    without a call per leaf (the fingerprint is taken on every explanation call)."""
+    values: list[Any] = []
+    objects: list[Any] = []
     for module in modules_of(model):
-        attrs = {k: v for k, v in vars(module).items() if k != "training"}
-        out.append(type(module))
-        _leaves(attrs, out, 0)
-    return tuple(out)
+        attrs = vars(module)
+        values += (type(module), len(attrs))
+        for key, item in attrs.items():
+            if key == "training":
+                continue
+            kind = type(item)
+            if kind in _FAST_VALUE_TYPES:
+                values += (key, kind, item)
+            elif kind in _DICT_KINDS and len(item) <= _MAX_ITEMS:
+                # _leaves(item, ..., 1) unrolled one level: the parameter, buffer, child-module and hook dicts
+                values += (key, kind, len(item))
+                for name, child in item.items():
+                    if type(name) is str:
+                        values += (str, name)
+                    else:
+                        _leaves(name, values, objects, _MAX_DEPTH)
+                    if type(child) in _FAST_VALUE_TYPES:
+                        values += (type(child), child)
+                    elif isinstance(child, _OBJECT_KINDS):  # parameters, buffers, child modules
+                        values.append(_OBJECT)
+                        objects.append(child)
+                    else:
+                        _leaves(child, values, objects, 2)
+            elif kind in _SEQUENCE_KINDS and len(item) <= _MAX_ITEMS and all(
+                    type(v) in _FAST_VALUE_TYPES for v in item):  # kernel_size, stride, padding: numbers
+                values += (key, kind, len(item))
+                for v in item:
+                    values += (type(v), v)
+            else:
+                values.append(key)
+                _leaves(item, values, objects, 1)
+    return tuple(values), tuple(objects)
 
 
-def _stored(leaf: Any) -> Any:
-    """A leaf as the stored fingerprint keeps it: values as they are, objects by weak reference, so the stored
-    fingerprint never keeps the model alive (a bound-method hook or a child pointing back at the model would)."""
-    if isinstance(leaf, _VALUE_TYPES) or type(leaf) is type:
-        return leaf
+#: Leaves that are objects whatever their subclass (never containers or value types).
+_OBJECT_KINDS = (nn.Module, torch.Tensor)
+#: Exact types whose leaves are appended without a call (subclasses take the general path, same result).
+_FAST_VALUE_TYPES = frozenset({bool, int, float, str, type(None)})
+
+
+class _Stored:
+    """A fingerprint as kept between calls: the values as they are, the objects by ``id`` with a weak
+    reference next to each, so the stored fingerprint never keeps the model alive (a bound-method hook or a
+    child pointing back at the model would) and an object freed and replaced by a new one at the same address
+    is still seen as a change."""
+
+    __slots__ = ("values", "ids", "refs")
+
+    def __init__(self, values: tuple[Any, ...], objects: tuple[Any, ...]) -> None:
+        self.values = values
+        self.ids = tuple(map(id, objects))
+        self.refs = tuple(_weak(o) for o in objects)
+
+    def matches(self, values: tuple[Any, ...], objects: tuple[Any, ...]) -> bool:
+        # the tuples compare in C, each element by identity first (a NaN attribute that is the same float
+        # object is unchanged); only the weak references take a Python loop, one per object leaf
+        if self.values != values or self.ids != tuple(map(id, objects)):
+            return False
+        return all(ref is None or ref() is obj for ref, obj in zip(self.refs, objects))
+
+
+def _weak(leaf: Any) -> weakref.ref | None:
     try:
         return weakref.ref(leaf)
-    except TypeError:  # lists, dicts, tuples: by identity, with their length next to them
-        return _ById(id(leaf))
-
-
-class _ById:
-    __slots__ = ("ident",)
-
-    def __init__(self, ident: int) -> None:
-        self.ident = ident
-
-
-def _same(stored: tuple, now: tuple) -> bool:
-    if len(stored) != len(now):
-        return False
-    for s, v in zip(stored, now):
-        if isinstance(s, weakref.ref):
-            if s() is not v:
-                return False
-        elif isinstance(s, _ById):
-            if s.ident != id(v):
-                return False
-        elif not (s is v or (type(s) is type(v) and s == v)):
-            return False
-    return True
+    except TypeError:  # lists, dicts, tuples: by identity only, their lengths are in the values
+        return None
 
 
 def model_generation(model: nn.Module) -> int:
@@ -162,13 +213,13 @@ def model_generation(model: nn.Module) -> int:
     seen = _seen(model)
     if seen is not None and seen.generation is not None:
         return seen.generation
-    fingerprint = _fingerprint(model)
+    values, objects = _fingerprint(model)
     stored = _GENERATIONS.get(model)
-    if stored is not None and _same(stored[0], fingerprint):
+    if stored is not None and stored[0].matches(values, objects):
         generation = stored[1]
     else:
         generation = next(_NEXT_GENERATION)
-        _GENERATIONS[model] = (tuple(_stored(leaf) for leaf in fingerprint), generation)
+        _GENERATIONS[model] = (_Stored(values, objects), generation)
     if seen is not None:
         seen.generation = generation
     return generation

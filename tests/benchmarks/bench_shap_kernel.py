@@ -14,8 +14,8 @@ logit. Both evaluate the same rows; only shap's per-output work differs. Agreeme
 correlation of xaudit's and shap's attributions (both are sampling estimates).
 Exits 1 if xaudit is less than 5× faster than shap as called, in either setting. xaudit spends ~70% of its
 time in the model itself, so the ratio is bounded by shap's Python overhead: with one torch thread the
-``kmeans10`` setting (2,000 CNN rows per sample for both) stays near 4×, and against the target-only
-variant the gap shrinks further.
+``kmeans10`` setting (2,000 CNN rows per sample for both) stays near 3× (2.8× measured on 2 cores, against
+7.7× for ``mean``), and against the target-only variant the gap shrinks further (1.7×).
 
 Run: ``python tests/benchmarks/bench_shap_kernel.py [--samples 16] [--repeats 3] [--threads N]``; times are
 the best of the repeats. On a shared machine pass ``--threads 1``: two torch threads on a busy core make
