@@ -307,6 +307,10 @@ class Explainer:
 
     def _call_guard(self, device: torch.device, seed: int | None) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
+        # a call made inside the caller's torch.no_grad() or torch.inference_mode() block (a notebook's evaluation
+        # loop) still needs autograd: the methods switch gradients off themselves where they need none
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
         stack.enter_context(model_guard(self.model))
         if needs_cudnn_rnn_workaround(self.model, device):
             stack.enter_context(torch.backends.cudnn.flags(enabled=False))

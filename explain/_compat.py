@@ -75,6 +75,59 @@ NONLINEAR_FUNCTIONS = frozenset({
 })
 
 
+#: Functions with no DeepLift/DeepSHAP rule that are not linear in the input: normalisations (they divide by a
+#: statistic of the input), exponentials, logarithms, powers, attention. The rescale rule passes gradients
+#: through them as if they were linear, so attributions stop summing to f(x) − f(reference) (off by the size
+#: of the attributions themselves behind an nn.LayerNorm); captum and shap do the same. Recorded only when an
+#: argument depends on the input (a positional encoding's exp over a constant is fine).
+UNRULED_FUNCTIONS = frozenset({
+    "layer_norm", "group_norm", "instance_norm", "rms_norm", "local_response_norm", "normalize",
+    "cosine_similarity", "exp", "exp_", "exp2", "expm1", "log", "log_", "log2", "log10", "log1p", "logsumexp",
+    "sqrt", "sqrt_", "rsqrt", "pow", "pow_", "__pow__", "__rpow__", "__ipow__", "square", "reciprocal",
+    "sin", "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "erf", "erfc", "logit", "logaddexp",
+    "hypot", "floor", "ceil", "round", "trunc", "frac", "sign", "remainder", "fmod", "cumprod", "sort", "topk",
+    "norm", "cdist", "softmin", "multi_head_attention_forward", "scaled_dot_product_attention",
+})
+#: Products: nonlinear when two factors depend on the input (a squeeze-and-excitation gate x · σ(W·pool(x)),
+#: attention's q·kᵀ, a GLU); a product with a constant or a parameter is linear.
+PRODUCT_FUNCTIONS = frozenset({
+    "mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply", "matmul", "__matmul__", "__rmatmul__",
+    "mm", "bmm", "einsum", "addcmul", "addcmul_", "addmm", "baddbmm", "addbmm", "linear", "bilinear",
+    "conv1d", "conv2d", "conv3d", "prod", "outer", "kron",
+})
+#: Divisions: nonlinear when the divisor depends on the input (the divisor is the first argument of the
+#: reflected operator).
+_DIVISIONS = {"div": 1, "div_": 1, "divide": 1, "true_divide": 1, "__truediv__": 1, "__itruediv__": 1,
+              "__rtruediv__": 0, "__rdiv__": 0}
+
+
+def _input_dependent(value: Any) -> int:
+    """How many tensors in ``value`` (an argument, or a list of them as einsum takes) depend on the input."""
+    if isinstance(value, torch.Tensor):
+        return int(value.requires_grad)
+    if isinstance(value, (list, tuple)):
+        return sum(isinstance(v, torch.Tensor) and v.requires_grad for v in value)
+    return 0
+
+
+def _unruled(name: str, args: tuple, kwargs: dict) -> str | None:
+    """What makes this call nonlinear in the input with no rule for it, or None."""
+    if name in _DIVISIONS:
+        at = _DIVISIONS[name]
+        divisor = args[at] if len(args) > at else kwargs.get("other")
+        return f"a division by an input-dependent tensor ({name})" if _input_dependent(divisor) else None
+    if name == "batch_norm":  # batch statistics (train mode, or no running statistics): divides by them
+        training = args[5] if len(args) > 5 else kwargs.get("training", False)
+        return "batch_norm with batch statistics" if training and _input_dependent(args[:1]) else None
+    if name in UNRULED_FUNCTIONS:
+        dependent = sum(_input_dependent(a) for a in args) + sum(_input_dependent(v) for v in kwargs.values())
+        return f"{name}()" if dependent else None
+    if name in PRODUCT_FUNCTIONS:
+        dependent = sum(_input_dependent(a) for a in args) + sum(_input_dependent(v) for v in kwargs.values())
+        return f"a product of two input-dependent tensors ({name})" if dependent >= 2 else None
+    return None
+
+
 @dataclass(frozen=True)
 class CompatReport:
     """What stands between a model and a hook-based attribution rule.
@@ -82,6 +135,9 @@ class CompatReport:
     ``reused`` maps module names to forward calls per forward pass; ``functional`` lists
     ``(function, module it was called in)`` for nonlinearities called outside an activation module.
     ``probed`` is False when no sample was given, so reuse and functional calls were not looked for.
+    ``unruled`` lists ``(operation, module it was called in)`` for operations outside activation modules that are
+    nonlinear in the input with no DeepLift/DeepSHAP rule (:data:`UNRULED_FUNCTIONS`, products and divisions of
+    input-dependent tensors, batch statistics): rules that claim summation-to-delta refuse these models.
     """
 
     inplace: tuple[str, ...]
@@ -89,6 +145,7 @@ class CompatReport:
     functional: tuple[tuple[str, str], ...]
     recurrent: tuple[str, ...]
     probed: bool
+    unruled: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -109,12 +166,20 @@ class _FunctionalSpy(TorchFunctionMode):
         super().__init__()
         self.stack, self.depth = stack, depth
         self.found: dict[tuple[str, str], None] = {}
+        self.unruled: dict[tuple[str, str], None] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         name = getattr(func, "__name__", "")
-        if name in NONLINEAR_FUNCTIONS and self.depth[0] == 0:
-            self.found[(name, self.stack[-1] if self.stack else "forward")] = None
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if self.depth[0] == 0:
+            where = self.stack[-1] if self.stack else "forward"
+            if name in NONLINEAR_FUNCTIONS:
+                self.found[(name, where)] = None
+            else:
+                what = _unruled(name, args, kwargs)
+                if what is not None:
+                    self.unruled[(what, where)] = None
+        return func(*args, **kwargs)
 
 
 def check_hook_compat(model: nn.Module, sample: torch.Tensor | None = None) -> CompatReport:
@@ -152,14 +217,20 @@ def check_hook_compat(model: nn.Module, sample: torch.Tensor | None = None) -> C
             handles.append(module.register_forward_pre_hook(lambda m, a, _n=label: enter(m, a, _n)))
             handles.append(module.register_forward_hook(leave))
         spy = _FunctionalSpy(stack, depth)
-        # eval mode for the probe: a BatchNorm in train mode would update its running statistics
-        with model_guard(model), torch.no_grad(), spy:
-            model(sample[:1])
+        # eval mode for the probe: a BatchNorm in train mode would update its running statistics. Gradients on
+        # (parameters frozen): what depends on the input requires grad, which tells a product of two activations
+        # from a product with a weight. A clone, so an in-place first operation does not hit a leaf.
+        with model_guard(model), torch.inference_mode(False), torch.enable_grad():
+            probe = sample[:1].detach()
+            if probe.is_floating_point():
+                probe = probe.clone().requires_grad_(True).clone()
+            with spy:
+                model(probe)
     finally:
         for h in handles:
             h.remove()
     reused = {name: n for name, n in calls.items() if n > 1}
-    return CompatReport(inplace, reused, tuple(spy.found), recurrent, probed=True)
+    return CompatReport(inplace, reused, tuple(spy.found), recurrent, probed=True, unruled=tuple(spy.unruled))
 
 
 def _split_reused(model: nn.Module, reused: set[int]) -> None:
@@ -177,7 +248,8 @@ def _split_reused(model: nn.Module, reused: set[int]) -> None:
 
 def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
                    rule_modules: tuple[type[nn.Module], ...] = ACTIVATION_MODULES,
-                   functions: frozenset[str] = NONLINEAR_FUNCTIONS, one_call_per_module: bool = True) -> nn.Module:
+                   functions: frozenset[str] = NONLINEAR_FUNCTIONS, one_call_per_module: bool = True,
+                   linear_elsewhere: bool = False) -> nn.Module:
     """A copy of ``model`` on which ``method``'s module hooks are safe, or a one-line XauditError.
 
     Modules are deep-copied; parameters and buffers are shared with ``model`` (no rule writes to them).
@@ -187,8 +259,11 @@ def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
     outside the model's code is refused: a module called twice in a custom ``forward`` (only when
     ``one_call_per_module``: rules that keep each call's input and output on the module, like DeepLift's),
     a nonlinearity among ``functions`` called as a function, or an activation module the rule has no case
-    for (not an instance of ``rule_modules``). Hooks are the copy's business only: the user's model keeps
-    its modules, hooks and flags.
+    for (not an instance of ``rule_modules``), and with ``linear_elsewhere`` (rules that promise summation-to-delta)
+    an operation outside the rule's modules that is nonlinear in the input (``CompatReport.unruled``). Hooks
+    are the copy's business only: the user's model keeps its modules, hooks and flags. The user's backward
+    hooks are not carried over to the copy: they watch or rewrite gradients, not the function explained, and
+    next to a rule's own hooks they changed captum's DeepLift values (by up to 0.07 on a small CNN).
     """
     # parameters and buffers are shared, not copied: the copy always computes with the model's current values
     # and so is every other plain attribute (a normalisation tensor, a list, a numpy array, a config object):
@@ -202,6 +277,10 @@ def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
     except Exception as err:  # noqa: BLE001 - any failure to copy means we cannot run hooks safely
         raise XauditError(f"{method} runs on a copy of the model to attach hooks, but the model cannot be "
                           f"deep-copied ({type(err).__name__}: {err}): make it copyable") from err
+    for module in safe.modules():
+        module._backward_hooks.clear()
+        module._backward_pre_hooks.clear()
+        module._is_full_backward_hook = None
     for name, module in _named_activations(safe):
         if getattr(module, "inplace", False):
             module.inplace = False
@@ -223,6 +302,11 @@ def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
         if func in functions:
             raise XauditError(f"{method} applies its rule through activation modules, but {where} calls "
                               f"{func}() as a function: use an activation module there (e.g. nn.ReLU())")
+    if linear_elsewhere and report.unruled:
+        what, where = report.unruled[0]
+        raise XauditError(f"{method} has no rule for {what} in module {where!r} (it would pass gradients through as "
+                          "if it were linear, and the attributions would not sum to the output difference): choose "
+                          "integrated_gradients or shap_gradient for this model")
     return safe
 
 
@@ -248,7 +332,7 @@ _SAFE_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[int, nn.Mod
 def cached_hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
                           rule_modules: tuple[type[nn.Module], ...] = ACTIVATION_MODULES,
                           functions: frozenset[str] = NONLINEAR_FUNCTIONS,
-                          one_call_per_module: bool = True) -> nn.Module:
+                          one_call_per_module: bool = True, linear_elsewhere: bool = False) -> nn.Module:
     """:func:`hook_safe_copy`, made once per model generation, sample shape and rule, then reused.
 
     The copy shares the model's parameter, buffer and other tensors, so in-place updates (training steps,
@@ -257,11 +341,12 @@ def cached_hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *
     for rules that leave no state on the copy's modules after a call (captum's remove their hooks and
     attributes in ``finally`` blocks).
     """
-    key = (tuple(sample.shape[1:]), sample.dtype, method, rule_modules, functions, one_call_per_module)
+    key = (tuple(sample.shape[1:]), sample.dtype, method, rule_modules, functions, one_call_per_module,
+           linear_elsewhere)
 
     def copy_once() -> nn.Module:
         safe = hook_safe_copy(model, sample, method, rule_modules=rule_modules, functions=functions,
-                              one_call_per_module=one_call_per_module)
+                              one_call_per_module=one_call_per_module, linear_elsewhere=linear_elsewhere)
         return safe.eval()  # once: nothing puts the private copy back in training mode
 
     return per_generation(_SAFE_COPIES, model, key, copy_once)

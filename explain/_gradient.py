@@ -251,6 +251,8 @@ class _HookRuleExplainer(Explainer):
     rule_functions: ClassVar[frozenset[str]] = frozenset()
     #: Whether the rule keeps a call's input and output on the module (then each may run once per pass).
     rule_keeps_state: ClassVar[bool] = True
+    #: Whether the rule promises summation-to-delta, so everything outside its modules must be linear.
+    rule_needs_linear_rest: ClassVar[bool] = False
 
     def _keeps_state(self) -> bool:
         """Whether the rule keeps a call's input and output on the module (``rule_keeps_state``)."""
@@ -261,7 +263,8 @@ class _HookRuleExplainer(Explainer):
 
     def _safe_copy(self, sample: torch.Tensor) -> nn.Module:
         return cached_hook_safe_copy(self.model, sample, self.name, rule_modules=self.rule_modules,
-                                     functions=self.rule_functions, one_call_per_module=self._keeps_state())
+                                     functions=self.rule_functions, one_call_per_module=self._keeps_state(),
+                                     linear_elsewhere=self.rule_needs_linear_rest)
 
     def _prepare(self, sample: torch.Tensor) -> None:
         self._safe_copy(sample)  # deep copy and probe pass, made once per model structure
@@ -321,6 +324,7 @@ class DeepLift(_HookRuleExplainer):
                         "(x - baseline) × gradient, which does not sum to f(x) - f(baseline)")
     rule_modules = DEEPLIFT_RULES
     rule_functions = NONLINEAR_FUNCTIONS
+    rule_needs_linear_rest = True
     #: captum's DeepLift default: below this |x − x₀| a module's multiplier is its local derivative.
     eps = 1e-10
     # the rule keeps each activation's input and output and makes Δ temporaries in the backward pass: measured

@@ -180,6 +180,9 @@ def _as_batch(inputs: Any) -> torch.Tensor:
         raise XauditError(f"inputs must be a torch.Tensor or numpy array, got {type(inputs).__name__}")
     if inputs.dim() == 0 or inputs.shape[0] == 0:
         raise XauditError("the batch to explain is empty: pass at least one input")
+    if inputs.is_inference():  # made inside torch.inference_mode(): autograd may not save it, so a normal copy
+        with torch.inference_mode(False):
+            inputs = inputs.clone()
     if not inputs.dtype.is_floating_point:
         inputs = inputs.float()
     # a finite sum means every value is finite (an Inf or NaN anywhere makes it Inf or NaN); only a sum that

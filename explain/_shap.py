@@ -57,7 +57,8 @@ class ShapExplainer(Explainer):
             background = background.float()
         if not torch.isfinite(background).all():
             raise XauditError("background contains NaN or Inf values: clean it before fitting")
-        self.background_ = background.detach().clone()
+        with torch.inference_mode(False):  # a normal tensor even when fitted inside torch.inference_mode()
+            self.background_ = background.detach().clone()
         return self
 
     def _background_for(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -257,7 +258,7 @@ class ShapDeep(ShapExplainer):
         # the native rule pairs each call of a module with the reference's same call (an activation applied
         # twice is fine); shap's hooks keep one input and output per module
         return cached_hook_safe_copy(self.model, sample, self.name, rule_modules=_DEEP_RULES,
-                                     one_call_per_module=not self._native())
+                                     one_call_per_module=not self._native(), linear_elsewhere=True)
 
     def _prepare(self, sample: torch.Tensor) -> None:
         if self._native():
@@ -324,7 +325,8 @@ class ShapDeep(ShapExplainer):
 
         background = self._background_for(inputs)
         # a fresh copy per call: shap leaves its hooks' attributes on the modules it ran through
-        safe = hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=_DEEP_RULES)
+        safe = hook_safe_copy(self.model, inputs[:1].detach(), self.name, rule_modules=_DEEP_RULES,
+                              linear_elsewhere=True)
         head = _TargetLogit(_counted(model, safe))
         group = max(1, ctx.row_batch // 2)
         explainers = [(shap.DeepExplainer(head, background[i:i + group]), len(background[i:i + group]))

@@ -258,3 +258,81 @@ def test_rule_refusals_are_capability_reasons_said_before_running() -> None:
     functional = get_explainer("guided_backprop")(FunctionalRelu().eval()).unsupported_reason((4, 3))
     assert functional is not None and "calls relu() as a function" in functional
     assert get_explainer("deeplift")(net(nn.ReLU(), nn.ReLU())).unsupported_reason((4, 3)) is None
+
+
+class _Gated(nn.Module):
+    """A linear layer, then one of several operations on its activations, then a ReLU and a head."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            self.a, self.gate, self.head = nn.Linear(12, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+            self.norm = {"layernorm": nn.LayerNorm(8), "groupnorm": nn.GroupNorm(2, 8),
+                         "batchnorm": nn.BatchNorm1d(8)}.get(how, nn.Identity())
+        self.how, self.act, self.sig = how, nn.ReLU(), nn.Sigmoid()
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x.flatten(1))
+        if self.how == "se":  # squeeze-and-excitation: the activations times a gate computed from them
+            h = h * self.sig(self.gate(h))
+        elif self.how == "divide":
+            h = h / (2.0 + self.sig(self.gate(h)).sum(1, keepdim=True))
+        elif self.how == "scaled":  # products with a buffer, a constant and an input-free exp: linear in h
+            h = h * self.scale * 2.0 / torch.exp(torch.ones(8))
+        else:
+            h = self.norm(h)
+        return self.head(self.act(h))
+
+
+@pytest.mark.parametrize("how, what", [("layernorm", r"layer_norm\(\) in module 'norm'"),
+                                       ("groupnorm", r"group_norm\(\) in module 'norm'"),
+                                       ("se", r"a product of two input-dependent tensors \(mul\)"),
+                                       ("divide", r"a division by an input-dependent tensor \(div\)")])
+def test_rules_that_promise_summation_refuse_operations_they_would_treat_as_linear(how: str, what: str) -> None:
+    model, x = _Gated(how).eval(), torch.rand(4, 1, 3, 4)
+    for method in ("deeplift", "shap_deep"):
+        with pytest.raises(XauditError, match=what + r".*would not sum to the output difference\): choose "
+                                                     "integrated_gradients") as err:
+            explain(model, x, method, target=0, background=torch.rand(5, 1, 3, 4))
+        assert "\n" not in str(err.value)
+    assert check_hook_compat(model, x).unruled
+    # the gradient methods have nothing to sum: they run
+    assert torch.isfinite(explain(model, x, "guided_backprop", target=0).attributions).all()
+
+
+@pytest.mark.parametrize("how", ["batchnorm", "scaled"])
+def test_linear_operations_pass_and_the_rules_still_sum(how: str) -> None:
+    model, x = _Gated(how).eval(), torch.rand(4, 1, 3, 4)
+    assert not check_hook_compat(model, x).unruled
+    exp = explain(model, x, "deeplift", target=0)
+    assert exp.extras["convergence_delta"].abs().max() < 1e-5
+
+
+def test_batch_norm_counts_as_nonlinear_only_with_batch_statistics() -> None:
+    from xaudit.explain._compat import _unruled
+
+    h = torch.rand(3, 8, requires_grad=True)
+    stats = (torch.zeros(8), torch.ones(8), None, None)
+    assert _unruled("batch_norm", (h, *stats, False, 0.1, 1e-5), {}) is None  # eval: running statistics, linear
+    assert _unruled("batch_norm", (h, None, None, None, None, True, 0.1, 1e-5), {}) == "batch_norm with batch statistics"
+    assert _unruled("batch_norm", (h.detach(), None, None, None, None, True, 0.1, 1e-5), {}) is None  # input-free
+
+
+def test_the_users_backward_hooks_stay_off_the_copy_and_on_the_model() -> None:
+    # captum's DeepLift (this model has max-pooling) next to a user's full backward hook on an activation gave
+    # other attributions (up to 0.07 apart on a small CNN) although the hook only counts calls
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
+                              nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    clean = copy.deepcopy(model)
+    calls = []
+    handle = model[4].register_full_backward_hook(lambda *args: calls.append(1))
+    x = torch.rand(5, 1, 8, 8)
+    hooked, plain = explain(model, x, "deeplift", target=1), explain(clean, x, "deeplift", target=1)
+    torch.testing.assert_close(hooked.attributions, plain.attributions)
+    assert hooked.extras["convergence_delta"].abs().max() < 1e-4
+    assert model[4]._backward_hooks and handle.id in model[4]._backward_hooks  # the user's model keeps it
+    handle.remove()

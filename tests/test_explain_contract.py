@@ -151,6 +151,24 @@ def test_attributions_are_input_shaped_finite_and_deterministic(method: str, kin
         assert torch.equal(first.attributions, again.attributions), "same seed, different attributions"
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize(("method", "kind"), [(m, k) for m in available_methods() for k in ("cnn2d", "gru")])
+def test_a_call_inside_the_callers_no_grad_or_inference_mode_block_works(method: str, kind: str, mode: str) -> None:
+    # a notebook's evaluation loop: explaining inside torch.no_grad() failed in the FLOP probe, Grad-CAM and
+    # shap_gradient; inside torch.inference_mode() every gradient method failed, and its tensors cannot be saved
+    model, x, explainer = supported(method, kind)
+    # a fresh explainer on a fresh model, so no probe is cached from a call outside the block
+    expected = make(method, build(kind)[0], build(kind)[2]).explain(x, seed=0).attributions
+    block = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with block:
+        inputs = x.clone()  # made inside the block: an inference tensor under inference_mode
+        predicted = explainer.predict_cost(inputs)
+        got = explainer.explain(inputs, seed=0)
+        assert torch.is_grad_enabled() is False  # the caller's mode is back
+    torch.testing.assert_close(got.attributions, expected)
+    assert predicted.forward_evals == got.cost.forward_evals
+
+
 @pytest.mark.parametrize("train_mode", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize(("method", "kind"), CASES)
 def test_model_is_left_exactly_as_it_was(method: str, kind: str, train_mode: bool) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from xaudit.explain import explain, get_explainer, row_memory
+from xaudit.models import XauditError
 from xaudit.explain._shap_estimators import (PartitionTree, grid_tree, kernel_budget, kernel_design,
                                              owen_expansions, owen_known_coalitions, owen_values)
 from xaudit.explain._shap_fast import feature_layout
@@ -382,13 +383,27 @@ def test_deep_explains_only_the_target_and_equals_shap_for_that_class() -> None:
     np.testing.assert_allclose(ours[1].numpy(), theirs[1, ..., 1], atol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore:unrecognized nn.Module")
-def test_deep_reports_the_additivity_gap_instead_of_raising() -> None:
-    class Square(nn.Module):  # no DeepLIFT rule: shap treats it as linear, so sums are off
+def test_deep_refuses_a_product_of_two_activations_it_has_no_rule_for() -> None:
+    class Square(nn.Module):  # no DeepLIFT rule: shap and captum treat it as linear, so sums would be off
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * x
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), Square(), nn.Linear(4, 2)).eval()
+    x, background = data(IMAGE, n_bg=3)
+    for method in ("shap_deep", "deeplift"):
+        with pytest.raises(XauditError, match=r"no rule for a product of two input-dependent tensors \(mul\) "
+                                              r"in module '2'.*: choose integrated_gradients") as err:
+            explain(model, x, method, 0, background=background)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.filterwarnings("ignore:unrecognized nn.Module")
+def test_deep_reports_the_additivity_gap_instead_of_raising() -> None:
+    class Bessel(nn.Module):  # an op the checks do not know: passed through as linear, so sums are off
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.special.i0e(x)
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), Bessel(), nn.Linear(4, 2)).eval()
     x, background = data(IMAGE, n_bg=3)
     exp = explain(model, x, "shap_deep", 0, background=background)
     with torch.no_grad():
