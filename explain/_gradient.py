@@ -460,6 +460,8 @@ class SmoothGrad(Explainer):
     name = "smoothgrad"
     paper = "Smilkov, Thorat, Kim, Viégas & Wattenberg 2017"
     is_stochastic = True
+    #: on top of the base method's factor: the noisy copies of the inputs and the running sum
+    memory_factor = 1.25
 
     def __init__(self, model: nn.Module, *, base: str = "saliency", n_samples: int = 25, stdev: float = 0.15,
                  **base_params: Any) -> None:
@@ -490,6 +492,11 @@ class SmoothGrad(Explainer):
 
     def _prepare(self, sample: torch.Tensor) -> None:
         self.base_explainer._prepare(sample)
+
+    def _memory_factor(self) -> float:
+        # the base method's rows (DeepLift's rule keeps more per row than a plain gradient), plus the noisy copies
+        # and the running sum: planned with smoothgrad's own factor, smoothgrad over deeplift went over the budget
+        return self.base_explainer._memory_factor() * self.memory_factor
 
     def evals_per_call(self, sample_shape: Sequence[int] | None = None) -> tuple[float, float]:
         # the base method's reference pass is shared by all noisy copies (the call's memo keeps it)

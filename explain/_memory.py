@@ -98,12 +98,12 @@ def current_budget(budget: int | str | None = None) -> int:
     return DEFAULT_MEMORY_BUDGET_BYTES if scoped is None else scoped
 
 
-def format_bytes(n: float) -> str:
+def format_bytes(n: float, digits: int = 1) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.{digits}f} {unit}"
         n /= 1024
-    return f"{n:.1f} GiB"
+    return f"{n:.{digits}f} GiB"
 
 
 @dataclass(frozen=True)
@@ -161,9 +161,19 @@ def bytes_for_one_row(memory: RowMemory, sample_bytes: int = 0, factor: float = 
 
 
 def budget_too_small(budget_bytes: int, method: str, needed: int, also: str = "") -> XauditError:
-    """The one-line error for a memory budget below what one sample of ``method`` needs (``also``: appended)."""
-    return XauditError(f"memory budget {format_bytes(budget_bytes)} is too small for even one sample with {method}: "
-                       f"it needs about {format_bytes(needed)}; raise --memory-budget{also}")
+    """The one-line error for a memory budget below what one sample of ``method`` needs (``also``: appended).
+
+    The two amounts are printed with as many decimals as it takes to tell them apart (a budget a few KiB short
+    of the need read "1.5 MiB ... needs about 1.5 MiB")."""
+    have, need = format_bytes(budget_bytes), format_bytes(needed)
+    for digits in (2, 3):
+        if have != need:
+            break
+        have, need = format_bytes(budget_bytes, digits), format_bytes(needed, digits)
+    if have == need:
+        have, need = f"{budget_bytes} B", f"{needed} B"
+    return XauditError(f"memory budget {have} is too small for even one sample with {method}: it needs about "
+                       f"{need}; raise the budget (--memory-budget, or memory_budget= in Python){also}")
 
 
 def rows_for_budget(memory: RowMemory, budget_bytes: int, method: str, sample_bytes: int = 0,

@@ -72,7 +72,7 @@ def test_report_with_a_budget_too_small_is_a_usage_error(tmp_path: Path, cnn_fil
     code, _, err = run_cli(["report", "-q", "--model", cnn_file, "--data", data, "--methods", "saliency,occlusion",
                             "--quality", "none", "--n-explain", "2", "--memory-budget", "1KiB", "--out", out], capsys)
     assert_one_line_error(code, err, "memory budget 1.0 KiB is too small", "saliency", "needs about",
-                          "raise --memory-budget")
+                          "raise the budget (--memory-budget")
     assert_no_report(out)
     assert not out.exists(), "a refused run left its --out directory behind"
 

@@ -82,3 +82,31 @@ def test_a_forked_child_measures_and_resets_its_own_mark(measured: dict[str, int
     assert measured["child_exit"] == 0
     assert 44 * MiB <= measured["child"] < 100 * MiB  # the child's own allocation, read from its own status
     assert measured["parent_mark_kept"]  # the child's reset did not lower the parent's mark
+
+
+_AFTER_OTHER_WORK = """
+import json, sys, torch, warnings
+warnings.filterwarnings("ignore")
+from xaudit.explain import get_explainer
+from xaudit.models import build_model
+torch.set_num_threads(1)
+model = build_model("cnn", (1, 32, 32), 10, hidden=16, seed=0).eval()
+x = torch.rand(64, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+explainer = get_explainer("deeplift")(model)
+explainer.explain(x[:2], 0, memory_budget="8MiB")  # first-call allocations
+first = explainer.explain(x, 0, memory_budget="8MiB", fresh_heap=True).cost.peak_rss_bytes
+get_explainer("saliency")(model).explain(torch.rand(400, 1, 32, 32), 0, memory_budget="256MiB")  # bigger, freed
+again = explainer.explain(x, 0, memory_budget="8MiB", fresh_heap=True).cost.peak_rss_bytes
+print(json.dumps({"first": first, "again": again}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_reset_peak(),
+                    reason="needs Linux's resettable VmHWM")
+def test_a_fresh_heap_measures_the_calls_own_peak_after_other_work() -> None:
+    # without it, a call after a bigger one reused the freed pages unseen: deeplift read 0.0 MiB for 12.8
+    out = subprocess.run([sys.executable, "-c", _AFTER_OTHER_WORK], check=True, capture_output=True, text=True,
+                         timeout=300)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["first"] > 2 * 2**20, r  # the call works in several MiB of its own
+    assert r["again"] == pytest.approx(r["first"], rel=0.3), r
