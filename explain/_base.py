@@ -61,11 +61,14 @@ def available_methods() -> tuple[str, ...]:
 
 
 def get_explainer(name: str) -> type[Explainer]:
-    """The explainer class registered as ``name`` (with a "did you mean" error for unknown names)."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise did_you_mean("explanation method", name, _REGISTRY) from None
+    """The explainer class registered as ``name`` (with a "did you mean" error for unknown names). Spaces around
+    it and letter case are forgiven where no registered name differs only by them ("Saliency", "LIME ")."""
+    found = _REGISTRY.get(name) if isinstance(name, str) else None
+    if found is None and isinstance(name, str):
+        found = _REGISTRY.get(name.strip()) or _REGISTRY.get(name.strip().lower())
+    if found is None:
+        raise did_you_mean("explanation method", name, _REGISTRY)
+    return found
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,10 @@ def parse_bytes(text: str | int | float) -> int:
         amount = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if amount < 1:  # 0.5 bytes is positive, but no whole byte
         raise XauditError(f"memory budget must be at least one byte, got {str(text)!r}: {fix}")
+    if amount != int(amount) and (isinstance(text, float) or not match.group(2)):
+        # "1.5" read as 1 byte; "1.5MiB" is a whole number of bytes and fine
+        raise XauditError(f"memory budget {str(text)!r} is not a whole number of bytes: give a unit, e.g. "
+                          f"{str(text).strip()}MiB, or whole bytes")
     return int(amount)
 
 

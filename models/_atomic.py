@@ -86,12 +86,13 @@ def refuse_special_file(path: str | os.PathLike[str], *, what: str, fix: str) ->
     raise XauditError(f"{what} {label!r} is {_kind(mode)}, not a regular file: {fix}")
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` atomically: ``write(fh)`` fills a temporary sibling file that then replaces ``path``
-    (through a symlink: the file it points to; see :func:`regular_file_target`)."""
-    path = Path(path)
+def _staged(path: Path, write: Callable[[IO[bytes]], object]) -> tuple[Path, Path]:
+    """(the file ``path``'s write replaces, a temporary sibling already holding the whole content)."""
     target = regular_file_target(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -100,11 +101,49 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
             os.fsync(fh.fileno())
         # mkstemp creates 0600 files; give the result the permissions a plain open() would have
         os.chmod(tmp, 0o666 & ~_current_umask())
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from None
+        raise
+    return target, Path(tmp)
+
+
+def _write_error(path: Path, exc: OSError) -> XauditError:
+    """A full disk or a quota is the user's to fix: one line, not a traceback."""
+    return XauditError(f"cannot write {str(path)!r} ({exc.strerror or exc}): free space there or choose another "
+                       "path; nothing was written")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
+    """Write ``path`` atomically: ``write(fh)`` fills a temporary sibling file that then replaces ``path``
+    (through a symlink: the file it points to; see :func:`regular_file_target`). A write that fails for lack of
+    space or permission is a one-line :class:`XauditError`, with nothing left behind."""
+    path = Path(path)
+    target, tmp = _staged(path, write)
+    try:
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_all(files: list[tuple[str | os.PathLike[str], bytes]]) -> list[Path]:
+    """Write several files that belong together (a report's HTML and JSON, attributions and their cost) all or
+    none: every content is written in full to its temporary sibling before any replaces its destination, so a
+    disk that fills up half way leaves none of them (the renames themselves take no space)."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files:
+            staged.append(_staged(Path(path), lambda fh, data=data: fh.write(data)))
+        for target, tmp in staged:
+            os.replace(tmp, target)
+    except BaseException:
+        for _, tmp in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    return [Path(path) for path, _ in files]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -25,6 +25,8 @@ class UnsafeModelFileError(XauditError):
 def did_you_mean(kind: str, name: str, choices: Iterable[str]) -> XauditError:
     """Build the error for an unknown ``name`` among ``choices``, suggesting the closest match."""
     options = sorted(choices)
-    close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)
+    lowered = {option.lower(): option for option in options}  # SHAP_KERNL -> shap_kernel
+    close = difflib.get_close_matches(str(name).strip().lower(), list(lowered), n=1, cutoff=0.5)
+    close = [lowered[c] for c in close]
     hint = f"did you mean {close[0]!r}? " if close else ""
     return XauditError(f"unknown {kind} {name!r}: {hint}choose one of {', '.join(options)}")

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # the atomic writers live with the model files they also write; re-exported here for reports and the CLI
-from xaudit.models._atomic import (atomic_write, atomic_write_bytes, atomic_write_text, refuse_special_file,
-                                   regular_file_target)
+from xaudit.models._atomic import (atomic_write, atomic_write_all, atomic_write_bytes, atomic_write_text,
+                                   refuse_special_file, regular_file_target)
 from xaudit.models._errors import XauditError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "prepare_out_dir", "prepare_out_file",
+__all__ = ["atomic_write", "atomic_write_all", "atomic_write_bytes", "atomic_write_text", "prepare_out_dir", "prepare_out_file",
            "refuse_special_file", "regular_file_target", "remove_created_dirs"]
 
 

@@ -84,19 +84,20 @@ class ReportContext:
     quality: dict[str, Any] = field(default_factory=dict)
     #: The background data handed to the methods that need it: ``{"n", "source"}`` (see :func:`background_info`).
     background: dict[str, Any] = field(default_factory=dict)
+    #: The memory budget every method ran under, in bytes.
+    memory_budget_bytes: int | None = None
 
 
 def resolve_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
     """Method names to run (default: every registered one), each checked against the registry."""
     if methods is None:
         return available_methods()
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m) for m in methods]
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m).strip() for m in methods]
     names = [m for m in names if m]
     if not names:
         raise XauditError(f"no explanation method given: pick from {', '.join(available_methods())}")
-    for name in names:
-        get_explainer(name)  # raises the "did you mean" error
-    return tuple(dict.fromkeys(names))
+    # the registered spelling ("LIME" -> "lime"), or the "did you mean" error
+    return tuple(dict.fromkeys(get_explainer(name).name for name in names))
 
 
 def select_samples(n_total: int, n: int, seed: int) -> torch.Tensor:
@@ -191,9 +192,12 @@ def check_memory_budget(model: nn.Module, x: torch.Tensor, names: Sequence[str],
 
 def check_budget_before_training(model: ModelSource, data: Dataset | str | os.PathLike[str] | None,
                                  names: Sequence[str], memory_budget: int | str | None, *,
-                                 state_dict: str | os.PathLike[str] | None = None, seed: int = 0) -> None:
+                                 state_dict: str | os.PathLike[str] | None = None, seed: int = 0,
+                                 refuse_unsupported: bool = False) -> None:
     """:func:`check_memory_budget` on an untrained copy of a built-in model that would be trained first, so a
-    budget too small fails before training: the activations a row holds do not depend on the weights.
+    budget too small fails before training: the activations a row holds do not depend on the weights. With
+    ``refuse_unsupported`` (``xaudit explain``, one method), a method that cannot explain the architecture is
+    refused there too (:func:`unsupported_error`), not after minutes of training.
 
     Any other model is cheap to load; its budget is checked after loading, before explaining.
     """
@@ -202,7 +206,17 @@ def check_budget_before_training(model: ModelSource, data: Dataset | str | os.Pa
     # built-in datasets are cached in-process, so resolving the subject next reads them once
     dataset = load_data(data if data is not None else "digits", seed=seed)
     fresh = build_model(model, dataset.input_shape, dataset.n_classes)
+    if refuse_unsupported:
+        for name in names:
+            reason = get_explainer(name)(fresh).unsupported_reason(tuple(dataset.x_test.shape[1:]))
+            if reason:
+                raise unsupported_error(name, reason)
     check_memory_budget(fresh, dataset.x_test[:1], names, memory_budget)
+
+
+def unsupported_error(name: str, reason: str) -> XauditError:
+    """The one-line error for a method that cannot explain the model (``xaudit explain``)."""
+    return XauditError(reason if reason.startswith(f"{name} ") else f"{name} cannot explain this model: {reason}")
 
 
 def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, background: torch.Tensor,
@@ -288,7 +302,8 @@ def compute_context(subject: Subject, methods: Sequence[str], *, n_explain: int 
                          labels=dataset.y_test[indices], targets=targets, methods=results,
                          machine={**machine_info(device), "contention": contention.result}, seed=seed,
                          created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         quality=summary, background=background_info(dataset, background))
+                         quality=summary, background=background_info(dataset, background),
+                         memory_budget_bytes=current_budget(memory_budget))
 
 
 def build_context(

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import io
 import json
+import signal
 import sys
 import time
 import warnings
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xaudit.explain import available_methods, parse_bytes
+from xaudit.explain import available_methods, get_explainer, parse_bytes
 from xaudit.explain._cost import watts_per_core
+from xaudit.explain._memory import current_budget
 from xaudit.models._data import DATASETS, MAX_SEED, check_seed
 from xaudit.models._layout import CHANNELS_FIRST
 from xaudit.models._nets import MODELS, ModelSpec
@@ -33,7 +35,7 @@ from xaudit.models._errors import XauditError, XauditWarning, did_you_mean
 
 from ._atomic import (
     atomic_write,
-    atomic_write_text,
+    atomic_write_all,
     prepare_out_dir,
     prepare_out_file,
     refuse_overwriting_inputs,
@@ -50,6 +52,7 @@ from ._build import (
     predict_classes,
     resolve_methods,
     select_samples,
+    unsupported_error,
 )
 from ._quality_build import QUALITY_MODES
 from ._report import Report, json_safe, write_report
@@ -328,7 +331,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         budget = parse_bytes(args.memory_budget)
         check_budget_before_training(args.model, args.data, [name], budget, state_dict=args.state_dict,
-                                     seed=args.seed)
+                                     seed=args.seed, refuse_unsupported=True)
         subject = _subject(args, progress)
         subject.model.to(device)
         dataset = subject.dataset
@@ -336,16 +339,17 @@ def _run_explain(args: argparse.Namespace) -> int:
         x = dataset.x_test[indices]
         targets = predict_classes(subject.model, x)
         background = background_samples(dataset, args.seed, explained=indices)
+        reason = get_explainer(name)(subject.model).unsupported_reason(tuple(x.shape[1:]))
+        if reason:  # said once, as the error (not first as a "skipped" progress line)
+            raise unsupported_error(name, reason)
         (result,) = explain_methods(subject.model, x, targets, background, [name], seed=args.seed,
                                     progress=progress, memory_budget=budget)
         if result.explanation is None:
-            reason = result.reason or "unsupported"
-            said = reason if reason.startswith(f"{name} ") else f"{name} cannot explain this model: {reason}"
-            raise XauditError(said)
+            raise unsupported_error(name, result.reason or "unsupported")
         exp = result.explanation
         summary = {"xaudit_version": xaudit_version(), **exp.to_dict(), "fit_wall_s": result.fit_wall_s,
                    "cost_total": exp.cost.to_dict(), **describe_subject(subject),
-                   "machine": machine_info(device), "npz": out.name}
+                   "machine": machine_info(device), "memory_budget_bytes": current_budget(budget), "npz": out.name}
         attributions, inputs = exp.attributions, exp.inputs
         if subject.input_layout == CHANNELS_FIRST:  # back to the layout of the user's data file
             attributions, inputs = attributions.transpose(1, 2), inputs.transpose(1, 2)
@@ -358,8 +362,8 @@ def _run_explain(args: argparse.Namespace) -> int:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
-        atomic_write(out, lambda fh: fh.write(buffer.getvalue()))
-        atomic_write_text(cost_path, text)
+        # both or neither: a disk that fills up after the .npz must not leave attributions without their cost
+        atomic_write_all([(out, buffer.getvalue()), (cost_path, text.encode("utf-8"))])
     print(text, end="")
     if progress:
         progress(f"wrote {out} and {cost_path}")
@@ -403,12 +407,37 @@ def _main(argv: list[str] | None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors: keep argparse's code, return it
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        check_seed(args.seed, name="--seed")  # every command has one; numpy and scikit-learn take 32 bits
-        watts_per_core()  # the environment's energy setting, checked before any work
-        return int(args.run(args))
+        with _terminate_as_exception():
+            check_seed(args.seed, name="--seed")  # every command has one; numpy and scikit-learn take 32 bits
+            watts_per_core()  # the environment's energy setting, checked before any work
+            return int(args.run(args))
     except XauditError as exc:
         print(f"xaudit: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("xaudit: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("xaudit: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+class _Terminated(BaseException):
+    """SIGTERM (``timeout``'s default signal, a cancelled CI job) as an exception, so a run's clean-up (the
+    output directories it created, temporary files) happens as it does on Ctrl-C."""
+
+
+@contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (main() called from a worker): leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -24,7 +24,7 @@ from markupsafe import Markup
 
 from xaudit.models._data import Dataset
 
-from ._atomic import atomic_write_text
+from ._atomic import atomic_write_all
 from ._build import ReportContext, build_context
 from ._runtime import xaudit_version
 from ._sections import DEFAULT_SECTIONS, Section, breakable, format_bytes, format_number
@@ -131,8 +131,10 @@ def write_report(report: Report, out_dir: str | os.PathLike[str]) -> ReportFiles
     out = Path(out_dir)
     html, text = report.to_html(), report.to_json()
     out.mkdir(parents=True, exist_ok=True)
-    return ReportFiles(html=atomic_write_text(out / "report.html", html),
-                       json=atomic_write_text(out / "report.json", text))
+    # both or neither: a disk that fills up after the HTML must not leave a report without its JSON
+    html_path, json_path = atomic_write_all([(out / "report.html", html.encode("utf-8")),
+                                             (out / "report.json", text.encode("utf-8"))])
+    return ReportFiles(html=html_path, json=json_path)
 
 
 def build_report(

@@ -156,7 +156,8 @@ def _method_entry(result: MethodResult) -> dict[str, Any]:
 def _memory_note(sources: set[str]) -> str:
     if sources == {"rss"}:
         return ("peak resident set size above the level at the start of the call (the kernel's high-water "
-                "mark is reset through /proc/self/clear_refs first, so it is the method's own peak)")
+                "mark is reset through /proc/self/clear_refs, and the heap's free pages given back to the system "
+                "with malloc_trim, first, so it is the method's own peak, whatever ran before it)")
     if sources == {"cuda_max_memory_allocated"}:
         return "torch.cuda.max_memory_allocated above the allocation at the start of the call"
     return "process peak resident set size above the start of the call (lifetime peak: could not be reset)"
@@ -191,6 +192,7 @@ class CostSection(Section):
                        "one-time setup (importing the library a method calls, its private model copy) is done "
                        "before the clock starts"),
             "memory": _memory_note({c["memory_source"] for c in costs}),
+            "memory_budget_bytes": ctx.memory_budget_bytes,
             "flops": "forward + input-gradient backward FLOPs of one sample × the counted model evaluations",
             "energy_sources": energy_sources,
             "watts_per_core_estimate": watts_per_core() if "estimate" in energy_sources else None,

@@ -26,6 +26,7 @@ import pytest
 
 import xaudit.models._atomic as atomic_module
 from xaudit.models import TrainConfig, build_model, cached_train, load_dataset, save_model
+from xaudit.models._errors import XauditError
 from xaudit.models._rundir import finished_keys, open_manifest, read_trial, remove_stale_temporaries, write_trial
 from xaudit.reports import build_report
 from xaudit.reports._cli import main
@@ -41,7 +42,8 @@ class _FaultyOs:
 
     def __init__(self, crash_at: int | None = None, stage: str = "") -> None:
         self.crash_at, self.stage = crash_at, stage
-        self.current = -1
+        self.current = -1  # the write being staged (its temporary file opened)
+        self.renames = -1  # the rename being made: files written all or none are all staged before any rename
         self.crashed = False
         self.finished: list[Path] = []  # destinations, in the order they were moved into place
 
@@ -49,7 +51,8 @@ class _FaultyOs:
         return getattr(os, name)
 
     def _fails(self, stage: str) -> bool:
-        if self.current == self.crash_at and self.stage == stage:
+        index = self.renames if stage == "rename" else self.current
+        if index == self.crash_at and self.stage == stage:
             self.crashed = True
             return True
         return False
@@ -69,6 +72,7 @@ class _FaultyOs:
         os.fsync(fd)
 
     def replace(self, src: str, dst: str | os.PathLike[str]) -> None:
+        self.renames += 1
         if self._fails("rename"):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         os.replace(src, dst)
@@ -161,6 +165,8 @@ def _explain_out(tiny: dict[str, Any], where: Path) -> None:
                  "saliency", "--n-explain", "2", "--out", str(where / "attr.npz"), "-q"])
     if code == 130:  # the CLI turns Ctrl-C into exit code 130
         raise KeyboardInterrupt
+    if code == 2:  # and a failed write into a one-line error, exit code 2
+        raise XauditError("explain exited 2")
 
 
 def _training_cache(tiny: dict[str, Any], where: Path) -> None:
@@ -178,6 +184,9 @@ WRITERS: dict[str, Callable[[dict[str, Any], Path], None]] = {
 }
 # an existing manifest is a run to resume, never overwritten, so it only has the "no previous file" case
 NO_PREVIOUS = {"run manifest"}
+#: Writers whose files belong together and are written all or none: every file is staged before any is moved
+#: into place, so a failure while writing (a full disk) leaves every one of them as it was.
+ALL_OR_NONE = {"report.html/json", "explain --out"}
 
 
 @pytest.fixture(scope="module")
@@ -216,12 +225,14 @@ def test_a_crash_mid_write_leaves_the_old_files_and_no_temporary(
         with monkeypatch.context() as mp:
             mp.setattr(atomic_module, "os", faulty)
             # RuntimeWarning: the training cache's warning, raised as an error by _training_cache
-            with pytest.raises((OSError, RuntimeError, RuntimeWarning, KeyboardInterrupt)):
+            # XauditError: a failed write (disk full, I/O error) is the user's one-line error
+            with pytest.raises((OSError, XauditError, RuntimeError, RuntimeWarning, KeyboardInterrupt)):
                 WRITERS[writer](tiny, where)
         assert faulty.crashed, f"write {crash_at} of {writer} never reached the {stage} fault"
+        done = crash_at if stage == "rename" or writer not in ALL_OR_NONE else 0
         for index, name in enumerate(names):
             path = where / name
-            if index < crash_at:
+            if index < done:
                 assert path.is_file() and _is_whole(path) and path.read_bytes() != before[name], name
             else:
                 assert (path.read_bytes() if path.exists() else None) == before[name], f"{name} was touched"

@@ -414,3 +414,84 @@ def test_the_watts_setting_scales_the_estimated_energy(monkeypatch: pytest.Monke
     monkeypatch.setenv("XAUDIT_WATTS_PER_CORE", "-1")
     with pytest.raises(Exception, match="not a positive number of watts"):
         explain(model, x, method="saliency")
+
+
+@pytest.mark.parametrize("command", ["explain", "report"])
+def test_a_full_disk_is_one_line_and_leaves_no_output(command: str, tmp_path: Path, cnn_file: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # the second of the two files fails: before, the first stayed behind (an .npz without its cost, a report
+    # without report.json) and the OSError came out as a traceback with exit code 1
+    import errno
+
+    import xaudit.models._atomic as atomic
+
+    data = image_npz(tmp_path / "d.npz", n_classes=10)
+    real_fdopen, opened = atomic.os.fdopen, []
+
+    class FullDisk:
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        def fdopen(self, fd: int, mode: str) -> object:
+            opened.append(fd)
+            if len(opened) == 2:
+                os.close(fd)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_fdopen(fd, mode)
+
+    out = tmp_path / "out" / ("a.npz" if command == "explain" else "r")
+    argv = (["explain", "--method", "saliency", "--out", out] if command == "explain"
+            else ["report", "--methods", "saliency", "--quality", "none", "--out", out])
+    monkeypatch.setattr(atomic, "os", FullDisk())
+    code, _, err = run_cli([*argv, "--model", cnn_file, "--data", data, "--n-explain", "2", "-q"], capsys)
+    assert_one_line_error(code, err, "No space left on device", "nothing was written")
+    assert not (tmp_path / "out").exists(), list((tmp_path / "out").rglob("*"))
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path, cnn_file: Path) -> None:
+    # timeout's default signal, and a cancelled CI job's: the run's new --out directory went with no message
+    import signal
+    import time
+
+    data = image_npz(tmp_path / "d.npz", n_classes=10)
+    out = tmp_path / "new" / "report"
+    proc = subprocess.Popen([sys.executable, "-m", "xaudit.reports", "report", "--model", str(cnn_file), "--data",
+                             str(data), "--n-explain", "2", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # --out is created before any work
+    assert out.exists(), "the run never created its --out directory"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "xaudit: terminated", err
+    assert not (tmp_path / "new").exists()
+
+
+def test_method_names_forgive_case_and_spaces(tmp_path: Path, cnn_file: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_npz(tmp_path / "d.npz", n_classes=10)
+    out = tmp_path / "a.npz"
+    code, _, err = run_cli(["explain", "--method", " Saliency ", "--model", cnn_file, "--data", data,
+                            "--n-explain", "2", "--out", out, "-q"], capsys)
+    assert code == 0, err
+    assert '"name": "saliency"' in out.with_suffix(".json").read_text()
+    code, _, err = run_cli(["explain", "--method", "SHAP_KERNL", "--model", cnn_file, "--data", data,
+                            "--out", out, "-q"], capsys)
+    assert_one_line_error(code, err, "did you mean 'shap_kernel'")
+
+
+def test_explain_refuses_a_method_the_builtin_model_cannot_take_before_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["explain", "--model", "gru", "--data", "digits-seq", "--method", "gradcam",
+                            "--out", tmp_path / "a.npz"], capsys)
+    assert_one_line_error(code, err, "gradcam does not support recurrent models")
+    assert "skipped" not in err  # said once
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt")), "it trained first"
+
+
+def test_a_budget_in_bytes_must_be_whole(tmp_path: Path, cnn_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["explain", "--method", "saliency", "--model", cnn_file, "--memory-budget", "1.5",
+                            "--out", tmp_path / "a.npz"], capsys)
+    assert_one_line_error(code, err, "'1.5' is not a whole number of bytes", "1.5MiB")
