@@ -29,7 +29,7 @@ from xaudit.models._layout import CHANNELS_FIRST, ChannelsFirst, takes_channels_
 from xaudit.models._walk import modules_of, one_walk_per_call, per_generation
 
 from ._cost import Cost, CostMeter, EvalCounter
-from ._flops import flop_profile
+from ._flops import FlopProfile, flop_profile
 from ._memory import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     GRADIENT_CALL_SLACK,
@@ -308,6 +308,11 @@ class Explainer:
             memory = self._with_held(row_memory(self.model, sample))
         return bytes_for_one_row(memory, sample.numel() * sample.element_size(), self._memory_factor())
 
+    def _flop_profile(self, sample: torch.Tensor) -> FlopProfile:
+        """FLOPs of one forward and one backward evaluation as this method runs them (by default the backward
+        goes to the input; Grad-CAM's stops at its layer)."""
+        return flop_profile(self.model, sample)
+
     def held_rows(self) -> float:
         """Rows of activations a call keeps for its whole length, beyond the rows in flight (DeepSHAP's recorded
         background references), in units of the model's row estimate; 0 for most methods."""
@@ -471,7 +476,7 @@ class Explainer:
             _n_outputs(self.model, x_dev)  # the inputs fit the model, or a one-line error (cached per shape)
             per_chunk, row_batch = self._plan(x_dev, batch_size, memory_budget)
             ctx = CallContext(row_batch=row_batch, seed=seed, device=device)
-            profile = flop_profile(self.model, x_dev[:1])
+            profile = self._flop_profile(x_dev[:1])
             self._prepare(x_dev[:1].detach())
             # Target resolution is outside the meter: a report resolves predictions once for all methods,
             # and the cost should be the method's own.

@@ -8,16 +8,21 @@ CNN (tests/benchmarks/bench_explain.py).
 
 from __future__ import annotations
 
+import dataclasses
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from xaudit.models._errors import XauditError
+from xaudit.models._walk import per_generation
 
 from ._base import CallContext, Explainer, input_kind
 from ._compat import library
+from ._flops import FlopProfile, flop_profile
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
 
@@ -100,12 +105,41 @@ class GradCAM(Explainer):
     def _prepare(self, sample: torch.Tensor) -> None:
         library("captum.attr")  # the upsampling of the map
 
+    def _flop_profile(self, sample: torch.Tensor) -> FlopProfile:
+        # the backward pass stops at the layer's output: charged as a backward to the input it was about twice
+        # the FLOPs that ran on a small CNN (only the head's product runs back to the last conv)
+        name, layer = self._layer()
+        full = flop_profile(self.model, sample)
+        backward = per_generation(_BACKWARD_FLOPS, self.model, (tuple(sample.shape), sample.dtype, name),
+                                  lambda: _backward_to_layer_flops(self.model, layer, sample))
+        return dataclasses.replace(full, backward=backward)
+
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                    ctx: CallContext) -> torch.Tensor:
         name, layer = self._layer()
         # the counting wrapper is the forward function (evaluations counted); the hook goes on the layer
         cam = layer_grad_cam(model, layer, inputs, targets, relu=self.relu, name=name)
         return _to_input_shape(cam.detach(), tuple(inputs.shape), name, self._conv_over_time)
+
+
+_BACKWARD_FLOPS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[int, float]]] = weakref.WeakKeyDictionary()
+
+
+def _backward_to_layer_flops(model: nn.Module, layer: nn.Module, sample: torch.Tensor) -> float:
+    """FLOPs of the target logit's gradient with respect to ``layer``'s output, for one sample."""
+    kept: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _a, out: kept.append(out))
+    try:
+        with torch.enable_grad():
+            logits = model(sample[:1].detach().clone().requires_grad_(True))
+    finally:
+        handle.remove()
+    if not kept or not isinstance(kept[-1], torch.Tensor) or not kept[-1].requires_grad:
+        return 0.0
+    counter = FlopCounterMode(display=False)
+    with counter:
+        torch.autograd.grad(logits[0, 0], kept[-1])
+    return float(counter.get_total_flops())
 
 
 def layer_grad_cam(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,

@@ -263,3 +263,66 @@ def test_gru_flops_come_from_the_counter_and_match_the_formula() -> None:
     steps, inp, hidden = 7, 3, 5
     p = profile(LastStep(nn.GRU(inp, hidden, batch_first=True)), torch.rand(1, steps, inp))
     assert p.forward == 2 * steps * 3 * hidden * (inp + hidden) and p.analytic_layers == ()
+
+
+def test_an_lstm_the_counter_sees_is_counted_once() -> None:
+    # proj_size and float64 take the decomposed path the counter sees: the analytic count was added on top
+    # (a name lookup never matched the counter's keys), doubling the LSTM's FLOPs
+    steps, inp, hidden, proj = 6, 3, 5, 2
+    lstm = nn.LSTM(inp, hidden, proj_size=proj, batch_first=True)
+    p = profile(LastStep(lstm), torch.rand(1, steps, inp))
+    assert p.forward == lstm_forward_flops(lstm, steps) == 2 * steps * (4 * hidden * (inp + proj) + hidden * proj)
+    assert p.analytic_layers == ()
+    double = LastStep(nn.LSTM(inp, hidden, batch_first=True)).double()
+    assert profile(double, torch.rand(1, steps, inp, dtype=torch.float64)).forward == 2 * steps * 4 * hidden * (inp + hidden)
+
+
+class _TwoCalls(nn.Module):
+    """One LSTM run over the sequence, then over its last 2 steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(3, 5, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0][:, -1] + self.rnn(x[:, -2:])[0][:, -1]
+
+
+def test_an_lstm_called_twice_is_counted_for_both_calls_and_its_backward_skips_h0() -> None:
+    model = _TwoCalls()
+    p = profile(model, torch.rand(1, 7, 3))
+    assert p.forward == lstm_forward_flops(model.rnn, 7) + lstm_forward_flops(model.rnn, 2)
+    # the input gradient needs no hidden-to-hidden product at each call's first step (h0 is a constant)
+    first_step = 2 * 4 * 5 * 5
+    assert p.backward == p.forward - 2 * first_step
+
+
+def test_a_torchscript_lstm_is_named_as_not_counted_not_silently_zero() -> None:
+    model = torch.jit.script(LastStep(nn.LSTM(3, 5, batch_first=True)).eval())
+    p = profile(model, torch.rand(1, 7, 3))
+    assert "not counted: rnn (TorchScript LSTM)" in p.source
+
+
+class _Attention(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N×T×D
+        q = x.view(len(x), x.shape[1], 2, -1).transpose(1, 2)  # 2 heads
+        return nn.functional.scaled_dot_product_attention(q, q, q).flatten(1)
+
+
+def test_cpu_attention_is_counted() -> None:
+    steps, dim = 16, 8
+    p = profile(_Attention(), torch.rand(1, steps, dim))
+    # q·kᵀ and attention·v: 2 products of steps × steps × head dim per head, 2 FLOPs per multiply-add
+    assert p.forward == 2 * 2 * (2 * steps * steps * (dim // 2))
+    assert p.backward > p.forward
+
+
+def test_gradcam_is_charged_for_the_backward_it_runs_to_its_layer_only() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(6 * 8 * 8, 3)).eval()
+    exp = explain(model, torch.rand(5, 1, 8, 8), "gradcam", target=1)
+    forward = 2 * 1 * 4 * 9 * 64 + 2 * 4 * 6 * 9 * 64 + 2 * 6 * 64 * 3
+    head = 2 * 6 * 64 * 3  # the gradient of the logits back to the last conv's output: the head's product
+    assert exp.cost.forward_evals == exp.cost.backward_evals == 5
+    assert exp.cost.flops == 5 * forward + 5 * head
