@@ -138,6 +138,11 @@ class Explanation:
                 f"{per['forward_evals_per_sample']:.4g}+{per['backward_evals_per_sample']:.4g} evals/sample)")
 
     def _repr_html_(self) -> str:
+        if not bool(torch.isfinite(self.attributions).all()):  # an Explanation built by hand: no colour scale
+            import html
+
+            return (f"<pre>{html.escape(repr(self))}</pre><p>The attributions contain NaN or Inf values, so no "
+                    "maps are drawn.</p>")
         # imported on demand: explain/ must not import reports/ at module level (models → explain → reports)
         from xaudit.reports._notebook import explanation_html
 
@@ -150,6 +155,10 @@ class Explainer:
     Subclasses set ``name`` (which registers them) and capability flags, and implement ``_attribute``.
     Constructor arguments are configuration only; anything that needs data happens in :meth:`fit`.
     """
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = "saliency"
@@ -602,6 +611,7 @@ def check_params(cls: type[Explainer], params: Mapping[str, Any]) -> None:
             open_ended = False
     if open_ended:
         return
+    names = [n for n in names if n != "method"]  # explain()'s own argument: IG's old name for quadrature
     for key in params:
         if key == "device" and key not in names:
             raise XauditError(f"{cls.name} takes no device: explanations run where the model's parameters are; "

@@ -464,8 +464,10 @@ class SmoothGrad(Explainer):
     memory_factor = 1.25
 
     def __init__(self, model: nn.Module, *, base: str = "saliency", n_samples: int = 25, stdev: float = 0.15,
-                 **base_params: Any) -> None:
+                 base_params: dict[str, Any] | None = None, **more_base_params: Any) -> None:
+        # the base method's settings as keywords (n_steps=16) or as get_params() gives them back (base_params=)
         super().__init__(model)
+        base_params = {**(base_params or {}), **more_base_params}
         cls = get_explainer(base)
         if not cls.uses_gradients or cls.needs_background or cls is SmoothGrad:
             raise XauditError(f"smoothgrad wraps a gradient method without background data, and {base!r} is "

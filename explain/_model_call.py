@@ -31,7 +31,7 @@ def input_kind(sample_shape: Sequence[int]) -> str:
         return "sequence"
     raise XauditError(
         f"inputs with per-sample shape {tuple(sample_shape)} are neither images (C×H×W) nor sequences (T×F): "
-        "reshape them to one of those layouts"
+        "reshape them to one of those layouts (one sample needs its batch dimension too: x.unsqueeze(0))"
     )
 
 

@@ -274,6 +274,13 @@ class SweepResult:
     n_train: int | None = None
     n_test: int | None = None
     input_shape: tuple[int, ...] = ()
+
+    def __repr__(self) -> str:
+        # a summary: the dataclass repr printed every trial and epoch (21 KB in the audit notebook)
+        grid = ", ".join(f"{knob}={list(values)}" for knob, values in self.grid)
+        return (f"SweepResult(model={self.model!r}, data={self.data!r}, grid=({grid}), points={len(self.points)}, "
+                f"trials={len(self.trials)}, repeats={self.repeats}, backend={self.backend!r}, "
+                f"wall_s={self.wall_s:.1f})")
     n_classes: int = 0
 
     def _repr_html_(self) -> str:

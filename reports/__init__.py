@@ -1,6 +1,6 @@
 """Reports: sections rendered into one self-contained HTML file plus report.json, and the ``xaudit`` CLI.
 
->>> from xaudit.reports import build_report
+>>> from xaudit.reports import audit, build_report
 >>> report = build_report("cnn", "digits", methods=["saliency"], n_explain=8)
 >>> report.json["metrics"]["generalization_gap"]
 >>> report.write("xaudit-report")          # report.html + report.json

@@ -84,6 +84,14 @@ class Report:
     context: ReportContext
     sections: tuple[Section, ...] = DEFAULT_SECTIONS
 
+    def __repr__(self) -> str:
+        # a summary: the dataclass repr printed all of report.json (70 KB for the quick start's report)
+        accuracy = self.json.get("metrics", {}).get("test_accuracy")
+        methods = [m.get("name") for m in self.json.get("methods", []) if isinstance(m, dict)]
+        said = f"{accuracy:.4f}" if isinstance(accuracy, float) else repr(accuracy)
+        return (f"Report(test_accuracy={said}, methods={methods}, sections={[s.id for s in self.sections]}; "
+                "the numbers are in .json, the page in .to_html())")
+
     @classmethod
     def from_context(cls, ctx: ReportContext, sections: Sequence[Section] | None = None) -> Report:
         """Assemble report.json from each section's part; a section with ``needs_report = True`` (the audit,

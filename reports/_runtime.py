@@ -32,7 +32,7 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
         raise XauditError(f"device {spec!r} is not supported: use {DEVICE_CHOICES}")
     if not torch.cuda.is_available():
         raise XauditError(f"device {spec!r} was requested but no CUDA GPU is available to this torch "
-                          f"(torch {torch.__version__}): use --device cpu")
+                          f"(torch {torch.__version__}): use device='cpu' (--device cpu on the command line)")
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise XauditError(f"device {spec!r} does not exist: this machine has {count} CUDA device(s) "
