@@ -62,10 +62,12 @@ def available_methods() -> tuple[str, ...]:
 
 def get_explainer(name: str) -> type[Explainer]:
     """The explainer class registered as ``name`` (with a "did you mean" error for unknown names). Spaces around
-    it and letter case are forgiven where no registered name differs only by them ("Saliency", "LIME ")."""
+    it, letter case, and spaces or hyphens for underscores are forgiven ("Saliency", "LIME ", "Integrated
+    Gradients")."""
     found = _REGISTRY.get(name) if isinstance(name, str) else None
     if found is None and isinstance(name, str):
-        found = _REGISTRY.get(name.strip()) or _REGISTRY.get(name.strip().lower())
+        plain = "_".join(name.replace("-", " ").split()).lower()  # "Integrated Gradients" -> integrated_gradients
+        found = _REGISTRY.get(name.strip()) or _REGISTRY.get(plain)
     if found is None:
         raise did_you_mean("explanation method", name, _REGISTRY)
     return found

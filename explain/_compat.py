@@ -87,7 +87,18 @@ UNRULED_FUNCTIONS = frozenset({
     "sin", "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "erf", "erfc", "logit", "logaddexp",
     "hypot", "floor", "ceil", "round", "trunc", "frac", "sign", "remainder", "fmod", "cumprod", "sort", "topk",
     "norm", "cdist", "softmin", "multi_head_attention_forward", "scaled_dot_product_attention",
+    "var", "std", "var_mean", "std_mean", "linalg_vector_norm", "vector_norm", "glu", "log_sigmoid", "logsigmoid",
+    "softshrink", "hardshrink", "tanhshrink", "softsign", "special_expit", "expit", "addcdiv", "addcdiv_",
+    "logcumsumexp", "cummax", "cummin", "sinc", "xlogy", "special_xlogy",
 })
+#: Comparisons: their result, turned into a mask, makes a ReLU by hand (x * (x > 0), torch.where(x > 0, ...)).
+COMPARISONS = frozenset({"gt", "lt", "ge", "le", "eq", "ne", "__gt__", "__lt__", "__ge__", "__le__", "__eq__",
+                         "__ne__", "greater", "less", "greater_equal", "less_equal", "sign", "signbit", "heaviside"})
+#: Operations that carry a mask along (a conversion, a negation) or apply one.
+_MASK_CARRIERS = frozenset({"float", "to", "type", "type_as", "double", "half", "bfloat16", "int", "long", "bool",
+                            "logical_not", "__invert__", "__and__", "__or__", "logical_and", "logical_or",
+                            "clone", "detach", "contiguous", "view", "reshape", "expand", "expand_as", "unsqueeze",
+                            "squeeze", "flatten", "__getitem__"})
 #: Products: nonlinear when two factors depend on the input (a squeeze-and-excitation gate x · σ(W·pool(x)),
 #: attention's q·kᵀ, a GLU); a product with a constant or a parameter is linear.
 PRODUCT_FUNCTIONS = frozenset({
@@ -95,6 +106,8 @@ PRODUCT_FUNCTIONS = frozenset({
     "mm", "bmm", "einsum", "addcmul", "addcmul_", "addmm", "baddbmm", "addbmm", "linear", "bilinear",
     "conv1d", "conv2d", "conv3d", "prod", "outer", "kron",
 })
+#: Operations a mask computed from the input makes nonlinear.
+_MASK_USERS = frozenset({"where", "masked_fill", "masked_fill_", "masked_select", "masked_scatter"}) | PRODUCT_FUNCTIONS
 #: Divisions: nonlinear when the divisor depends on the input (the divisor is the first argument of the
 #: reflected operator).
 _DIVISIONS = {"div": 1, "div_": 1, "divide": 1, "true_divide": 1, "__truediv__": 1, "__itruediv__": 1,
@@ -167,19 +180,33 @@ class _FunctionalSpy(TorchFunctionMode):
         self.stack, self.depth = stack, depth
         self.found: dict[tuple[str, str], None] = {}
         self.unruled: dict[tuple[str, str], None] = {}
+        # masks computed from the input by a comparison, kept alive (so their ids stay theirs) for the probe
+        self.masks: dict[int, torch.Tensor] = {}
+
+    def _is_mask(self, value: Any) -> bool:
+        if isinstance(value, torch.Tensor):
+            return id(value) in self.masks
+        return isinstance(value, (list, tuple)) and any(self._is_mask(v) for v in value)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         name = getattr(func, "__name__", "")
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if self.depth[0] == 0:
             where = self.stack[-1] if self.stack else "forward"
+            masked = any(self._is_mask(a) for a in args) or any(self._is_mask(v) for v in kwargs.values())
             if name in NONLINEAR_FUNCTIONS:
                 self.found[(name, where)] = None
+            elif masked and name in _MASK_USERS:
+                self.unruled[(f"a mask computed from the input ({name}; a ReLU written by hand?)", where)] = None
             else:
                 what = _unruled(name, args, kwargs)
                 if what is not None:
                     self.unruled[(what, where)] = None
-        return func(*args, **kwargs)
+            if isinstance(out, torch.Tensor) and ((name in COMPARISONS and (sum(map(_input_dependent, args)) or masked))
+                                                  or (masked and name in _MASK_CARRIERS)):
+                self.masks[id(out)] = out
+        return out
 
 
 def check_hook_compat(model: nn.Module, sample: torch.Tensor | None = None) -> CompatReport:
@@ -246,6 +273,28 @@ def _split_reused(model: nn.Module, reused: set[int]) -> None:
             seen.add(id(child))
 
 
+#: The attributes every nn.Module has (its registries and hook dicts): the copy gets its own. Anything else is
+#: the user's state, shared with the copy (a private dict of tensors included: copied, an in-place update of one
+#: of its tensors did not reach the cached copy, and attributions came out stale by up to 0.07).
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def _shareable(value: Any) -> bool:
+    """Whether a user attribute can be shared with the copy: not a module, and nothing that points back at the
+    user's modules (a bound method, or a container holding a module or one), which would keep the model alive
+    from its cached copy and make the copy run the user's modules."""
+    def points_back(v: Any) -> bool:
+        return isinstance(v, (nn.Module, types.MethodType))
+
+    if points_back(value):
+        return False
+    if isinstance(value, dict):
+        return not any(points_back(v) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return not any(points_back(v) for v in value)
+    return True
+
+
 def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
                    rule_modules: tuple[type[nn.Module], ...] = ACTIVATION_MODULES,
                    functions: frozenset[str] = NONLINEAR_FUNCTIONS, one_call_per_module: bool = True,
@@ -271,7 +320,7 @@ def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
     # are the copy's own.
     memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     memo.update((id(v), v) for m in model.modules() for k, v in vars(m).items()
-                if not isinstance(v, nn.Module) and not (k.startswith("_") and isinstance(v, dict)))
+                if k not in _MODULE_INTERNALS and _shareable(v))
     try:
         safe = copy.deepcopy(model, memo)
     except Exception as err:  # noqa: BLE001 - any failure to copy means we cannot run hooks safely

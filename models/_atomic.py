@@ -137,8 +137,11 @@ def atomic_write_all(files: list[tuple[str | os.PathLike[str], bytes]]) -> list[
     try:
         for path, data in files:
             staged.append(_staged(Path(path), lambda fh, data=data: fh.write(data)))
-        for target, tmp in staged:
-            os.replace(tmp, target)
+        for (target, tmp), (path, _) in zip(staged, files):
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:  # in the same directory this does not happen short of a failing disk; the
+                raise _write_error(Path(path), exc) from None  # files renamed before it stay replaced
     except BaseException:
         for _, tmp in staged:
             tmp.unlink(missing_ok=True)

@@ -255,11 +255,14 @@ def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ba
             explainer.explain(x[:1], targets[:1], seed=seed, memory_budget=memory_budget)
             # from a released heap: each method's peak is its own, not what the methods before it left free
             exp = explainer.explain(x, targets, seed=seed, memory_budget=memory_budget, fresh_heap=True)
-        except XauditError as exc:
+        except (XauditError, RuntimeError, ValueError, TypeError) as exc:
             # one method failing on this model should not cost the user every other method's result; the
-            # reason goes in the report instead (the memory budget was checked above, for every method)
-            say(f"method {i}/{len(names)} {name}: failed: {exc}")
-            results.append(MethodResult(**base, reason=str(exc), failed=True))
+            # reason goes in the report instead (the memory budget was checked above, for every method). A
+            # library error too (shap's hooks on a ResNet block's in-place add): named, in one line
+            said = " ".join(str(exc).split())
+            reason = said if isinstance(exc, XauditError) else f"{name} failed on this model ({type(exc).__name__}: {said[:300]})"
+            say(f"method {i}/{len(names)} {name}: failed: {reason}")
+            results.append(MethodResult(**base, reason=reason, failed=True))
             continue
         per = exp.cost.per_sample()
         say(f"method {i}/{len(names)} {name}: {exp.cost.wall_s:.2f} s "

@@ -336,3 +336,42 @@ def test_the_users_backward_hooks_stay_off_the_copy_and_on_the_model() -> None:
     assert hooked.extras["convergence_delta"].abs().max() < 1e-4
     assert model[4]._backward_hooks and handle.id in model[4]._backward_hooks  # the user's model keeps it
     handle.remove()
+
+
+class _HandMadeRelu(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(3)
+            self.a, self.head = nn.Linear(12, 8), nn.Linear(8, 3)
+        self.how = how
+        self.register_buffer("keep", torch.tensor([1.0, 0.0] * 4) > 0)  # a fixed mask: linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x.flatten(1))
+        if self.how == "mask":
+            h = h * (h > 0).float()
+        elif self.how == "where":
+            h = torch.where(h > 0, h, 0.1 * h)
+        elif self.how == "masked_fill":
+            h = h.masked_fill(h < 0, 0.0)
+        else:  # a padding-style mask fixed in advance
+            h = h.masked_fill(~self.keep, 0.0)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("how", ["mask", "where", "masked_fill"])
+def test_a_relu_written_with_a_mask_of_the_input_is_refused(how: str) -> None:
+    model, x = _HandMadeRelu(how).eval(), torch.rand(4, 1, 3, 4) - 0.5
+    with pytest.raises(XauditError, match=r"a mask computed from the input \(\w+; a ReLU written by hand\?\)"):
+        explain(model, x, "deeplift", target=0)
+
+
+def test_a_fixed_mask_is_linear_and_passes() -> None:
+    model, x = _HandMadeRelu("fixed").eval(), torch.rand(4, 1, 3, 4) - 0.5
+    assert explain(model, x, "deeplift", target=0).extras["convergence_delta"].abs().max() < 1e-5
+
+
+def test_method_names_forgive_spaces_and_hyphens() -> None:
+    assert get_explainer("Integrated Gradients") is get_explainer("integrated_gradients")
+    assert get_explainer(" input-x-gradient ") is get_explainer("input_x_gradient")

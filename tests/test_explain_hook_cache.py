@@ -216,3 +216,37 @@ def test_the_generation_changes_with_whatever_forward_may_read_and_only_then() -
     model.nan = float("nan")
     assert changed()
     assert not changed()  # the same NaN object is the same value
+
+
+class _PrivateState(nn.Module):
+    """Normalisation statistics kept in a private dict, and a post-processing step kept as a bound method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+        self._stats = {"mean": torch.zeros(1, 1, 6, 6)}
+        self.post = self._post  # points back at the model
+
+    def _post(self, out: torch.Tensor) -> torch.Tensor:
+        return out * 2.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(self.net(x - self._stats["mean"]))
+
+
+@pytest.mark.parametrize("method", ["deeplift", "guided_backprop"])
+def test_private_state_reaches_the_copy_and_a_self_reference_does_not_keep_the_model(method: str) -> None:
+    import gc
+    import weakref
+
+    model = _PrivateState()
+    explain(model, X, method=method, target=1)
+    model._stats["mean"].add_(0.5)  # in place: the copy must see it (it deep-copied private dicts before)
+    fresh = _PrivateState()
+    fresh._stats["mean"] = torch.full((1, 1, 6, 6), 0.5)
+    torch.testing.assert_close(explain(model, X, method=method, target=1).attributions,
+                               explain(fresh, X, method=method, target=1).attributions)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # the bound method is not shared with the cached copy, so it does not hold the model

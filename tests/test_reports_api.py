@@ -185,3 +185,25 @@ def test_the_report_gap_is_exact_at_a_threshold(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(_build, "evaluate", lambda *a, **k: next(accuracies))
     data = _dataset("image")
     assert _build.compute_metrics(torch.nn.Identity(), data)["generalization_gap"] == 0.05
+
+
+def test_a_method_that_crashes_inside_a_library_costs_only_its_own_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # shap's hooks raised a bare RuntimeError on a ResNet block's in-place add, and the whole report died
+    import torch
+
+    from xaudit.explain import get_explainer
+    from xaudit.models import build_model
+    from xaudit.reports._build import explain_methods
+
+    model = build_model("cnn", (1, 8, 8), 10, seed=0, hidden=8).eval()
+    x = torch.rand(3, 1, 8, 8)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Output 0 of BackwardHookFunction is a view and is being modified inplace")
+
+    monkeypatch.setattr(get_explainer("input_x_gradient"), "_attribute", boom)
+    failed, fine = explain_methods(model, x, torch.zeros(3, dtype=torch.long), x, ["input_x_gradient", "saliency"],
+                                   seed=0)
+    assert failed.failed and failed.explanation is None
+    assert failed.reason.startswith("input_x_gradient failed on this model (RuntimeError: Output 0 of")
+    assert fine.explanation is not None
