@@ -321,6 +321,11 @@ def hook_safe_copy(model: nn.Module, sample: torch.Tensor, method: str, *,
     memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     memo.update((id(v), v) for m in model.modules() for k, v in vars(m).items()
                 if k not in _MODULE_INTERNALS and _shareable(v))
+    # hook objects too (a callable instance with state, a pruning mask): copied, a change of their state did not
+    # reach the cached copy (0.30 off). Bound methods stay copied, bound to the copy's own module
+    memo.update((id(hook), hook) for m in model.modules() for k, registry in vars(m).items()
+                if "hooks" in k and isinstance(registry, dict) for hook in registry.values()
+                if not isinstance(hook, (types.MethodType, nn.Module)))
     try:
         safe = copy.deepcopy(model, memo)
     except Exception as err:  # noqa: BLE001 - any failure to copy means we cannot run hooks safely

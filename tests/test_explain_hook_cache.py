@@ -250,3 +250,26 @@ def test_private_state_reaches_the_copy_and_a_self_reference_does_not_keep_the_m
     del model
     gc.collect()
     assert ref() is None  # the bound method is not shared with the cached copy, so it does not hold the model
+
+
+class _Scale:
+    """A stateful forward hook: scales a module's output by ``s``."""
+
+    def __init__(self, s: float) -> None:
+        self.s = s
+
+    def __call__(self, module: nn.Module, args: object, out: torch.Tensor) -> torch.Tensor:
+        return out * self.s
+
+
+def test_a_hook_objects_state_reaches_the_copy() -> None:
+    def hooked(s: float) -> tuple[nn.Module, _Scale]:
+        model, hook = _net(), _Scale(s)
+        model[0].register_forward_hook(hook)
+        return model, hook
+
+    model, hook = hooked(1.0)
+    explain(model, X, method="deeplift", target=0)
+    hook.s = -2.0  # the same hook object, new state: the model computes differently now
+    torch.testing.assert_close(explain(model, X, method="deeplift", target=0).attributions,
+                               explain(hooked(-2.0)[0], X, method="deeplift", target=0).attributions)
