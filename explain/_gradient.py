@@ -165,6 +165,9 @@ class IntegratedGradients(_CaptumMethod, Explainer):
 
     name = "integrated_gradients"
     paper = "Sundararajan, Taly & Yan 2017"
+    # the interpolated rows and the running sum of their gradients next to the model's activations: measured
+    # from a released heap, 6.4 MiB of working memory under a 5.8 MiB budget planned at the bare row estimate
+    memory_factor = 1.2
 
     def __init__(self, model: nn.Module, *, n_steps: int = 50, quadrature: str = "gausslegendre",
                  baseline: float = 0.0, method: str | None = None) -> None:
