@@ -119,7 +119,7 @@ def flop_profile(model: nn.Module, sample: torch.Tensor, target: int = 0) -> Flo
 
 def _measure_flops(model: nn.Module, sample: torch.Tensor, target: int) -> FlopProfile:
     custom = _attention_formulas()
-    counter = FlopCounterMode(display=False, custom_mapping=custom)
+    forward_counter = FlopCounterMode(display=False, custom_mapping=custom)
     # each LSTM call: the counter's total before it, then what the counter saw during it
     lstm_calls: list[tuple[str, nn.Module, int, float]] = []
     started: dict[int, list[float]] = {}
@@ -128,10 +128,10 @@ def _measure_flops(model: nn.Module, sample: torch.Tensor, target: int) -> FlopP
     for name, module in model.named_modules():
         if isinstance(module, nn.LSTM):
             def before(mod: nn.Module, args: tuple) -> None:
-                started.setdefault(id(mod), []).append(counter.get_total_flops())
+                started.setdefault(id(mod), []).append(forward_counter.get_total_flops())
 
             def after(mod: nn.Module, args: tuple, _out: object, _name: str = name) -> None:
-                seen = counter.get_total_flops() - started[id(mod)].pop()
+                seen = forward_counter.get_total_flops() - started[id(mod)].pop()
                 lstm_calls.append((_name, mod, _seq_len(mod, args[0]), seen))
 
             handles.append(module.register_forward_pre_hook(before))
@@ -141,13 +141,13 @@ def _measure_flops(model: nn.Module, sample: torch.Tensor, target: int) -> FlopP
 
     x = sample.detach().clone().requires_grad_(True)
     try:
-        with counter:
+        with forward_counter:
             out = model(x)
-        forward = float(counter.get_total_flops())
-        counter = FlopCounterMode(display=False, custom_mapping=custom)
-        with counter:
+        forward = float(forward_counter.get_total_flops())
+        backward_counter = FlopCounterMode(display=False, custom_mapping=custom)
+        with backward_counter:
             torch.autograd.grad(out[0, target], x)
-        backward = float(counter.get_total_flops())
+        backward = float(backward_counter.get_total_flops())
     finally:
         for h in handles:
             h.remove()
