@@ -22,7 +22,7 @@ from xaudit.models._sweep import run_sweep
 from xaudit.models._train import TrainConfig
 
 from ._atomic import prepare_out_dir
-from ._cli import _cleanup_on_failure, _one_line, _positive_int, _printer
+from ._cli import _cleanup_on_failure, _one_line, _positive_int, _printer, _Terminated
 
 _EPILOG = """\
 knobs (--grid KNOB=V1,V2,... , repeat for a grid):
@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
                                n_train=args.n_train, n_test=args.n_test, backend=args.backend,
                                workers=args.workers, address=args.address, run_dir=args.out, resume=args.resume,
                                progress=progress)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Terminated):  # Ctrl-C or SIGTERM: the saved trials stay for --resume
             done = len(finished_keys(Path(args.out)))
             print(f"xaudit: sweep interrupted with {done} trial(s) saved in {args.out}: run the same command "
                   "with --resume to finish it", file=sys.stderr)

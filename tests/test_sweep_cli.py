@@ -132,3 +132,21 @@ def test_read_only_weights_from_a_backend_make_no_warning(tmp_path: Path, monkey
                            run_dir=tmp_path / "run", base=TrainConfig(epochs=1))
     (trial,) = result.trials
     assert read_state_dict(tmp_path / "run", trial.key), "the trial's weights were not recorded"
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_sweep_says_how_to_resume(signal_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from xaudit.reports import _cli, _cli_sweep
+
+    stop = KeyboardInterrupt if signal_name == "SIGINT" else _cli._Terminated
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise stop
+
+    monkeypatch.setattr(_cli_sweep, "run_sweep", interrupted)
+    code, _, err = run_cli(["sweep", "--model", "cnn", "--data", "digits", "--grid", "weight_decay=0,1e-3",
+                            "--drift", "none", "--out", tmp_path / "sw"], capsys)
+    assert code == (130 if signal_name == "SIGINT" else 143)
+    assert "with --resume to finish it" in err
+    assert err.strip().splitlines()[-1] == ("xaudit: interrupted" if signal_name == "SIGINT" else "xaudit: terminated")
