@@ -14,7 +14,7 @@ from ._base import (
 )
 from ._memory import DEFAULT_MEMORY_BUDGET_BYTES, memory_budget, parse_bytes, row_memory
 from ._cost import Cost, CostMeter, energy_source_for
-from ._flops import FlopProfile, flop_profile, lstm_forward_flops
+from ._flops import FlopProfile, flop_profile, lstm_forward_flops, rnn_forward_flops
 from ._gradient import DeepLift, GuidedBackprop, InputXGradient, IntegratedGradients, Saliency, SmoothGrad
 from ._cam import GradCAM
 from ._perturbation import Occlusion
@@ -59,6 +59,7 @@ __all__ = [
     "flop_profile",
     "get_explainer",
     "lstm_forward_flops",
+    "rnn_forward_flops",
     "memory_budget",
     "model_guard",
     "parse_bytes",

@@ -1,17 +1,20 @@
 """FLOPs of one model evaluation, from ``torch.utils.flop_counter.FlopCounterMode`` plus analytic counts.
 
-``FlopCounterMode`` counts matrix products and convolutions (2 FLOPs per multiply-add). On CPU it sees
-``nn.GRU`` (which decomposes into ``aten.mm``) but not ``nn.LSTM`` when it runs as oneDNN's fused kernel (a
-float32 LSTM without ``proj_size``). Each call of an LSTM is watched: where the counter's total did not move
-during it, we add the same convention analytically, ``2 · T · 4H · (I + P)`` per layer and direction for the
-forward pass (input-to-hidden and hidden-to-hidden products of the four gates, plus ``2 · T · H · P`` for a
-projection). Explanation methods differentiate with respect to the inputs only (never the weights), so the
-backward pass is measured that way, and an LSTM's analytic backward is its forward less the first step's
-hidden-to-hidden product in each layer and direction (h₀ is a constant), as the counter finds for ``nn.GRU``.
-CPU attention (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention`` without weights, transformer
-layers) runs as a kernel the counter has no formula for in this torch; it is counted with torch's own formula
-for the other attention kernels. An LSTM inside TorchScript cannot be watched: it is named in the source as
-not counted, never silently zero.
+``FlopCounterMode`` counts matrix products and convolutions (2 FLOPs per multiply-add). It misses recurrent
+layers that run as one fused kernel: on CPU a float32 ``nn.LSTM`` without ``proj_size`` (oneDNN), and on CUDA
+with cuDNN every ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` (``aten._cudnn_rnn`` has no formula); ``nn.GRU`` and
+``nn.RNN`` on CPU decompose into ``aten.mm`` and are counted. Each call of a recurrent layer is watched: where
+the counter's total did not move during it, we add the counter's own convention analytically,
+``2 · T · G·H · (I + P)`` per layer and direction for the forward pass (input-to-hidden and hidden-to-hidden
+products of the G gates: 4 for an LSTM, 3 for a GRU, 1 for a plain RNN; plus ``2 · T · H · P`` for an LSTM's
+projection). That formula equals what the counter finds for the decomposed GRU and RNN, and for an LSTM in
+float64. Explanation methods differentiate with respect to the inputs only (never the weights), so the
+backward pass is measured that way, and the analytic backward is the forward less the first step's
+hidden-to-hidden product in each layer and direction (h₀ is a constant), as the counter finds for the
+decomposed layers. CPU attention (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention`` without
+weights, transformer layers) runs as a kernel the counter has no formula for in this torch; it is counted with
+torch's own formula for the other attention kernels. A recurrent layer inside TorchScript cannot be watched:
+it is named in the source as not counted, never silently zero.
 """
 
 from __future__ import annotations
@@ -46,30 +49,42 @@ class FlopProfile:
         return text
 
 
-def lstm_forward_flops(lstm: nn.LSTM, seq_len: int) -> float:
-    """Analytic forward FLOPs of one sample through ``lstm`` over ``seq_len`` steps (matmuls only)."""
-    dirs = 2 if lstm.bidirectional else 1
-    hidden = lstm.hidden_size
-    proj = lstm.proj_size if lstm.proj_size > 0 else hidden
+#: Gate count per ``nn.RNNBase.mode``.
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def rnn_forward_flops(rnn: nn.RNNBase, seq_len: int) -> float:
+    """Analytic forward FLOPs of one sample through ``rnn`` (an ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN``) over
+    ``seq_len`` steps, matrix products only, in ``FlopCounterMode``'s convention."""
+    gates = _GATES[rnn.mode]
+    dirs = 2 if rnn.bidirectional else 1
+    hidden = rnn.hidden_size
+    proj = rnn.proj_size if rnn.proj_size > 0 else hidden
     total = 0.0
-    in_size = lstm.input_size
-    for _ in range(lstm.num_layers):
-        per_step = 2 * 4 * hidden * (in_size + proj)
-        if lstm.proj_size > 0:
+    in_size = rnn.input_size
+    for _ in range(rnn.num_layers):
+        per_step = 2 * gates * hidden * (in_size + proj)
+        if rnn.proj_size > 0:
             per_step += 2 * hidden * proj
         total += dirs * seq_len * per_step
         in_size = proj * dirs
     return float(total)
 
 
-def lstm_backward_flops(lstm: nn.LSTM, seq_len: int) -> float:
-    """Analytic input-gradient backward FLOPs of one sample through ``lstm``: the forward's products, less the
+def rnn_backward_flops(rnn: nn.RNNBase, seq_len: int) -> float:
+    """Analytic input-gradient backward FLOPs of one sample through ``rnn``: the forward's products, less the
     first step's hidden-to-hidden product in each layer and direction (its h₀ is a constant)."""
     if seq_len < 1:
         return 0.0
-    dirs = 2 if lstm.bidirectional else 1
-    proj = lstm.proj_size if lstm.proj_size > 0 else lstm.hidden_size
-    return lstm_forward_flops(lstm, seq_len) - lstm.num_layers * dirs * 2 * 4 * lstm.hidden_size * proj
+    dirs = 2 if rnn.bidirectional else 1
+    proj = rnn.proj_size if rnn.proj_size > 0 else rnn.hidden_size
+    first_step = rnn.num_layers * dirs * 2 * _GATES[rnn.mode] * rnn.hidden_size * proj
+    return rnn_forward_flops(rnn, seq_len) - first_step
+
+
+#: The LSTM-only names of the analytic counts (kept: they were public before GRU and RNN were added).
+lstm_forward_flops = rnn_forward_flops
+lstm_backward_flops = rnn_backward_flops
 
 
 def _seq_len(lstm: nn.Module, x: object) -> int:
@@ -112,32 +127,42 @@ def flop_profile(model: nn.Module, sample: torch.Tensor, target: int = 0) -> Flo
 
     The model must already be in the mode it will be explained in (eval); the result is cached per model
     generation and input shape. Gradients are taken with ``torch.autograd.grad`` so no parameter's ``.grad`` changes.
+    A recurrent model on CUDA is measured with cuDNN off, as explanations run it (cuDNN has no RNN backward in
+    eval mode); the count is the same either way, since the analytic formula stands in for a fused kernel.
     """
-    return per_generation(_CACHE, model, (tuple(sample.shape), sample.dtype),
-                          lambda: _measure_flops(model, sample, target))
+    def measure() -> FlopProfile:
+        from ._model_call import needs_cudnn_rnn_workaround
+
+        if needs_cudnn_rnn_workaround(model, sample.device):
+            with torch.backends.cudnn.flags(enabled=False):
+                return _measure_flops(model, sample, target)
+        return _measure_flops(model, sample, target)
+
+    return per_generation(_CACHE, model, (tuple(sample.shape), sample.dtype, sample.device), measure)
 
 
 def _measure_flops(model: nn.Module, sample: torch.Tensor, target: int) -> FlopProfile:
     custom = _attention_formulas()
     forward_counter = FlopCounterMode(display=False, custom_mapping=custom)
-    # each LSTM call: the counter's total before it, then what the counter saw during it
-    lstm_calls: list[tuple[str, nn.Module, int, float]] = []
+    # each recurrent layer's call: the counter's total before it, then what the counter saw during it
+    rnn_calls: list[tuple[str, nn.Module, int, float]] = []
     started: dict[int, list[float]] = {}
     handles = []
     scripted = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.LSTM):
+        if isinstance(module, nn.RNNBase) and module.mode in _GATES:
             def before(mod: nn.Module, args: tuple) -> None:
                 started.setdefault(id(mod), []).append(forward_counter.get_total_flops())
 
             def after(mod: nn.Module, args: tuple, _out: object, _name: str = name) -> None:
                 seen = forward_counter.get_total_flops() - started[id(mod)].pop()
-                lstm_calls.append((_name, mod, _seq_len(mod, args[0]), seen))
+                rnn_calls.append((_name, mod, _seq_len(mod, args[0]), seen))
 
             handles.append(module.register_forward_pre_hook(before))
             handles.append(module.register_forward_hook(after))
-        elif getattr(module, "original_name", None) == "LSTM" and isinstance(module, torch.jit.ScriptModule):
-            scripted.append(f"{name or 'model'} (TorchScript LSTM)")
+        elif getattr(module, "original_name", None) in ("LSTM", "GRU", "RNN") \
+                and isinstance(module, torch.jit.ScriptModule):
+            scripted.append(f"{name or 'model'} (TorchScript {module.original_name})")
 
     x = sample.detach().clone().requires_grad_(True)
     try:
@@ -153,10 +178,10 @@ def _measure_flops(model: nn.Module, sample: torch.Tensor, target: int) -> FlopP
             h.remove()
 
     analytic: dict[str, None] = {}
-    for name, lstm, length, seen in lstm_calls:
-        if seen == 0:  # oneDNN's fused kernel: the counter saw none of this call's products
-            forward += lstm_forward_flops(lstm, length)  # type: ignore[arg-type]
-            backward += lstm_backward_flops(lstm, length)  # type: ignore[arg-type]
-            analytic[f"{name or 'model'}: LSTM"] = None
+    for name, rnn, length, seen in rnn_calls:
+        if seen == 0:  # a fused kernel (oneDNN, cuDNN): the counter saw none of this call's products
+            forward += rnn_forward_flops(rnn, length)  # type: ignore[arg-type]
+            backward += rnn_backward_flops(rnn, length)  # type: ignore[arg-type]
+            analytic[f"{name or 'model'}: {type(rnn).__name__}"] = None
     return FlopProfile(forward=forward, backward=backward, analytic_layers=tuple(analytic),
                        uncounted_layers=tuple(scripted))

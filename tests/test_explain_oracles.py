@@ -10,7 +10,8 @@ from captum.attr import DeepLift as CaptumDeepLift
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from torch import nn
 
-from xaudit.explain import explain, flop_profile, get_explainer, lstm_forward_flops, model_guard
+from xaudit.explain import explain, flop_profile, get_explainer, lstm_forward_flops, model_guard, rnn_forward_flops
+from xaudit.explain._flops import rnn_backward_flops
 
 
 def seeded_init(factory: Any) -> nn.Module:
@@ -275,6 +276,57 @@ def test_an_lstm_the_counter_sees_is_counted_once() -> None:
     assert p.analytic_layers == ()
     double = LastStep(nn.LSTM(inp, hidden, batch_first=True)).double()
     assert profile(double, torch.rand(1, steps, inp, dtype=torch.float64)).forward == 2 * steps * 4 * hidden * (inp + hidden)
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.RNN])
+@pytest.mark.parametrize(("layers", "bidirectional"), [(1, False), (2, True)])
+def test_the_rnn_formula_equals_what_the_counter_finds_for_a_decomposed_gru_and_rnn(
+        cls: type[nn.RNNBase], layers: int, bidirectional: bool) -> None:
+    # on CPU the counter sees a GRU's and an RNN's matrix products: the analytic formula must agree with it,
+    # forward and backward, since on CUDA (cuDNN's fused kernel) the formula stands in for the counter
+    steps, inp, hidden = 6, 5, 7
+    rnn = cls(inp, hidden, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+    p = profile(LastStep(rnn), torch.rand(1, steps, inp))
+    assert p.analytic_layers == ()
+    assert p.forward == rnn_forward_flops(rnn, steps) and p.forward > 0
+    assert p.backward == rnn_backward_flops(rnn, steps)
+
+
+class _Hidden(torch.autograd.Function):
+    """Runs a GRU out of the counter's sight, forward and backward, as cuDNN's fused kernel runs on CUDA."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor, gru: nn.GRU) -> torch.Tensor:  # type: ignore[override]
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        with _disable_current_modes(), torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            out = nn.GRU.forward(gru, leaf)[0]
+        ctx.saved = (leaf, out)  # type: ignore[attr-defined]
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        leaf, out = ctx.saved  # type: ignore[attr-defined]
+        with _disable_current_modes():
+            return torch.autograd.grad(out, leaf, grad)[0], None
+
+
+class _FusedGRU(nn.GRU):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return _Hidden.apply(x, self), None
+
+
+def test_a_gru_the_counter_cannot_see_gets_the_analytic_count() -> None:
+    # before, only an LSTM was watched: a GRU on CUDA counted 0 FLOPs for the recurrent layer
+    steps, inp, hidden = 7, 3, 5
+    gru = _FusedGRU(inp, hidden, batch_first=True)
+    p = profile(LastStep(gru), torch.rand(1, steps, inp))
+    assert p.forward == 2 * steps * 3 * hidden * (inp + hidden)
+    assert p.backward == p.forward - 2 * 3 * hidden * hidden
+    assert p.analytic_layers == ("rnn: _FusedGRU",)
 
 
 class _TwoCalls(nn.Module):
