@@ -8,7 +8,10 @@ the heap kept from earlier work and the call reuses do not count, unless the met
 ran before; ``explain(..., fresh_heap=True)`` in Python). On CUDA the meter uses
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` and CUDA events for time.
 Energy comes from Intel RAPL counters where ``/sys/class/powercap`` is readable, from NVML on NVIDIA
-GPUs, and otherwise is an *estimate*: CPU seconds times a stated power per busy core.
+GPUs, and otherwise is an *estimate*: CPU seconds times a stated power per busy core. NVML's energy counter
+advances in steps (measured on an H200: one step every ~100 ms), so over a call shorter than
+:data:`NVML_COUNTER_MIN_S` its difference is 0 or a whole step; such a call's energy is NVML's board power
+reading times the wall time instead, labelled ``nvml_power``.
 """
 
 from __future__ import annotations
@@ -268,8 +271,35 @@ def _nvml_energy_mj(device: torch.device) -> float | None:
         return None
 
 
+#: Shortest call whose energy is NVML's energy-counter difference; shorter calls use power × time.
+NVML_COUNTER_MIN_S = 1.0
+
+
+def _nvml_power_w(device: torch.device) -> float | None:
+    """NVML's board power reading in watts (an average over the last second on Ampere and newer), or None."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return float(pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(index))) / 1e3
+    except pynvml.NVMLError:
+        return None
+
+
+def nvml_energy(start_mj: float, end_mj: float, wall_s: float, power_w: float | None) -> tuple[float, str]:
+    """Joules and source of one call on an NVIDIA GPU: the energy counter's difference when the call lasted
+    at least :data:`NVML_COUNTER_MIN_S` (or no power reading exists), else the power reading × the wall time."""
+    if wall_s >= NVML_COUNTER_MIN_S or power_w is None:
+        return (end_mj - start_mj) / 1e3, "nvml"
+    return power_w * wall_s, "nvml_power"
+
+
 def energy_source_for(device: torch.device | str = "cpu") -> str:
-    """Which energy source a measurement on ``device`` will use: ``rapl``, ``nvml`` or ``estimate``."""
+    """Which energy source a measurement on ``device`` will use: ``rapl``, ``nvml`` or ``estimate`` (a call on
+    an NVIDIA GPU shorter than :data:`NVML_COUNTER_MIN_S` reports ``nvml_power``: see the module's notes)."""
     device = torch.device(device)
     if device.type == "cuda" and _nvml_energy_mj(device) is not None:
         return "nvml"
@@ -356,7 +386,7 @@ class CostMeter:
         if self._rapl is not None and self._rapl_start is not None:
             energy, source = self._rapl.joules(self._rapl_start, self._rapl.read()), "rapl"
         elif self._nvml_start is not None and (end := _nvml_energy_mj(self.device)) is not None:
-            energy, source = (end - self._nvml_start) / 1e3, "nvml"
+            energy, source = nvml_energy(self._nvml_start, end, wall, _nvml_power_w(self.device))
         else:
             energy, source = cpu * self._watts, "estimate"
 

@@ -17,7 +17,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup, escape
 
-from xaudit.explain._cost import watts_per_core
+from xaudit.explain._cost import NVML_COUNTER_MIN_S, watts_per_core
 
 from . import _figures
 from ._build import MethodResult, ReportContext
@@ -196,6 +196,7 @@ class CostSection(Section):
             "flops": "forward + input-gradient backward FLOPs of one sample × the counted model evaluations",
             "energy_sources": energy_sources,
             "watts_per_core_estimate": watts_per_core() if "estimate" in energy_sources else None,
+            "nvml_counter_min_s": NVML_COUNTER_MIN_S,
             "figures": {"matplotlib": _version("matplotlib"), "seaborn": _version("seaborn"),
                         "jinja2": _version("jinja2"), "dpi": _figures.DPI,
                         "how": "drawn headless with matplotlib's Agg canvas and embedded as base64 PNG data: URIs"},

@@ -203,7 +203,7 @@ def test_cost_is_filled_in_and_counts_match(method: str, kind: str) -> None:
     assert cost.wall_s > 0 and cost.cpu_s >= 0
     assert cost.forward_evals > 0
     assert cost.flops is not None and cost.flops > 0
-    assert cost.energy_source in {"rapl", "nvml", "estimate"} and cost.energy_j is not None
+    assert cost.energy_source in {"rapl", "nvml", "nvml_power", "estimate"} and cost.energy_j is not None
     if (method, "evals_match") not in KNOWN_EXCEPTIONS:
         _, (fwd, bwd) = explainer.counts_for(x.shape[1:])
         once_fwd, once_bwd = explainer.evals_per_call(x.shape[1:])

@@ -88,3 +88,46 @@ def test_explain_plans_cpu_calls_with_the_cpu_cap() -> None:
     x = torch.rand(4, 1, 32, 32)
     exp = xe.explain(model, x, method="integrated_gradients", n_steps=8)
     assert exp.plan["row_batch"] == cpu_row_cap(row_memory(model, x[:1])) < 512
+
+
+def test_nvml_energy_uses_the_counter_only_over_calls_long_enough_for_its_steps() -> None:
+    from xaudit.explain._cost import NVML_COUNTER_MIN_S, nvml_energy
+
+    # NVML's counter advanced by one whole ~100 ms step, or not at all, during calls of a few milliseconds:
+    # the GPU check printed 0.0000 J for most methods and 0.76 J/sample for others
+    assert nvml_energy(5_000.0, 5_000.0, 0.004, 120.0) == (pytest.approx(0.48), "nvml_power")
+    assert nvml_energy(5_000.0, 17_000.0, 0.004, 120.0) == (pytest.approx(0.48), "nvml_power")
+    # a long call: the counter's difference, whatever the power reading says
+    assert nvml_energy(5_000.0, 305_000.0, NVML_COUNTER_MIN_S * 2, 120.0) == (pytest.approx(300.0), "nvml")
+    # no power reading: the counter is all there is, still labelled as NVML's
+    assert nvml_energy(5_000.0, 5_000.0, 0.004, None) == (0.0, "nvml")
+
+
+def test_flop_profile_of_a_recurrent_model_on_cuda_runs_with_cudnn_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cuDNN refuses an RNN's backward in eval mode: flop_profile called on CUDA raised where explanations did
+    # not; the same workaround as the explanations' must be entered around the measurement
+    import xaudit.explain._flops as flops
+    import xaudit.explain._model_call as model_call
+
+    seen = []
+    real = flops._measure_flops
+
+    def spy(model: nn.Module, sample: torch.Tensor, target: int) -> object:
+        seen.append(torch.backends.cudnn.enabled)
+        return real(model, sample, target)
+
+    monkeypatch.setattr(flops, "_measure_flops", spy)
+    monkeypatch.setattr(model_call, "needs_cudnn_rnn_workaround", lambda model, device: True)
+
+    class LastStep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(3, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0][:, -1]
+
+    with torch.backends.cudnn.flags(enabled=True):
+        p = xe.flop_profile(LastStep().eval(), torch.rand(1, 5, 3))
+        assert torch.backends.cudnn.enabled
+    assert seen == [False] and p.forward == 2 * 5 * 3 * 4 * (3 + 4)
