@@ -11,7 +11,7 @@ from ._data import DATASETS, Dataset, load_dataset
 from ._errors import UnsafeModelFileError, XauditError, XauditWarning, did_you_mean
 from ._io import LoadedModel, load_model, save_model
 from ._nets import MODELS, ModelSpec, build_model, count_parameters, model_kind
-from ._recipes import reference_config
+from ._recipes import DEFAULT_DATA, default_data, reference_config
 from ._train import EpochRecord, TrainConfig, TrainResult, evaluate, predict_proba, train_model
 from ._validate import check_inputs
 # overfitting diagnostics and sweeps (issue #5)
@@ -50,6 +50,8 @@ __all__ = [
     "model_kind",
     "predict_proba",
     "reference_config",
+    "default_data",
+    "DEFAULT_DATA",
     "save_model",
     "train_model",
     # overfitting diagnostics and sweeps

@@ -44,6 +44,16 @@ _RECIPES = MappingProxyType(
 )
 
 
+#: The built-in dataset a built-in model gets when none is named: images for the CNN, the digits read row by
+#: row (8 steps × 8 features) for the recurrent models, which cannot read images.
+DEFAULT_DATA = MappingProxyType({"cnn": "digits", "gru": "digits-seq", "lstm": "digits-seq"})
+
+
+def default_data(model_name: str) -> str:
+    """The built-in dataset used for ``model_name`` when no dataset is named (``digits`` for anything not built in)."""
+    return DEFAULT_DATA.get(model_name, "digits")
+
+
 def reference_config(model_name: str, dataset_name: str) -> TrainConfig:
     """The reference training recipe for a built-in model on a dataset.
 

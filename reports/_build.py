@@ -22,6 +22,7 @@ from xaudit.models._data import Dataset, check_seed
 from xaudit.models._errors import XauditError
 from xaudit.models._modes import eval_mode
 from xaudit.models._nets import MODELS, build_model
+from xaudit.models._recipes import default_data
 from xaudit.models._sweep_result import accuracy_difference
 from xaudit.models._train import evaluate
 
@@ -204,7 +205,7 @@ def check_budget_before_training(model: ModelSource, data: Dataset | str | os.Pa
     if not (isinstance(model, str) and model in MODELS and state_dict is None):
         return
     # built-in datasets are cached in-process, so resolving the subject next reads them once
-    dataset = load_data(data if data is not None else "digits", seed=seed)
+    dataset = load_data(data if data is not None else default_data(model), seed=seed)
     fresh = build_model(model, dataset.input_shape, dataset.n_classes)
     if refuse_unsupported:
         for name in names:

@@ -17,6 +17,7 @@ from xaudit.models._data import DATASETS, MAX_SEED
 from xaudit.models._errors import XauditError
 from xaudit.models._grid import KNOBS, parse_grid
 from xaudit.models._nets import MODELS
+from xaudit.models._recipes import default_data
 from xaudit.models._rundir import finished_keys
 from xaudit.models._sweep import run_sweep
 from xaudit.models._train import TrainConfig
@@ -49,8 +50,9 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     what = parser.add_argument_group("model and data")
     what.add_argument("--model", default="cnn", metavar="MODEL",
                       help=f"a built-in model: {', '.join(MODELS)} (default: cnn)")
-    what.add_argument("--data", default="digits", metavar="DATA",
-                      help=f"a built-in dataset ({', '.join(DATASETS)}) or an .npz file (default: digits)")
+    what.add_argument("--data", metavar="DATA",
+                      help=f"a built-in dataset ({', '.join(DATASETS)}) or an .npz file (default: digits for "
+                           "cnn, digits-seq for gru and lstm)")
     what.add_argument("--n-train", type=_positive_int, metavar="N",
                       help="use the first N training samples (quick runs)")
     what.add_argument("--n-test", type=_positive_int, metavar="N", help="use the first N test samples")
@@ -114,10 +116,10 @@ def _run(args: argparse.Namespace) -> int:
     created = prepare_out_dir(args.out, files=("manifest.json", "sweep.html", "sweep.json"))
     with _cleanup_on_failure(created):
         try:
-            result = run_sweep(args.model, args.data, grid, base=base, repeats=args.repeats, seed=args.seed,
-                               n_train=args.n_train, n_test=args.n_test, backend=args.backend,
-                               workers=args.workers, address=args.address, run_dir=args.out, resume=args.resume,
-                               progress=progress)
+            result = run_sweep(args.model, args.data or default_data(args.model), grid, base=base,
+                               repeats=args.repeats, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
+                               backend=args.backend, workers=args.workers, address=args.address,
+                               run_dir=args.out, resume=args.resume, progress=progress)
         except (KeyboardInterrupt, _Terminated):  # Ctrl-C or SIGTERM: the saved trials stay for --resume
             done = len(finished_keys(Path(args.out)))
             print(f"xaudit: sweep interrupted with {done} trial(s) saved in {args.out}: run the same command "

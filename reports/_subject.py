@@ -19,6 +19,7 @@ from torch import nn
 
 from xaudit.models._data import DATASETS, Dataset, load_dataset
 from xaudit.models._nets import MODELS, build_model, count_parameters, model_kind
+from xaudit.models._recipes import default_data
 from xaudit.models._train import EpochRecord, TrainConfig, TrainResult, train_model
 from xaudit.models._errors import XauditError, did_you_mean
 from xaudit.models._validate import model_dtype
@@ -136,12 +137,13 @@ def resolve_subject(
     """Resolve ``model`` and ``data`` into a :class:`Subject`, training a built-in model if named.
 
     Everything that can be checked cheaply (names, files, shapes, labels) is checked before training.
-    ``data=None`` means the built-in dataset a saved model file records, else ``digits``.
+    ``data=None`` means the built-in dataset a saved model file records, else ``digits``; for a built-in
+    model, its own default (:data:`xaudit.models.DEFAULT_DATA`: ``digits-seq`` for ``gru`` and ``lstm``).
     """
     builtin = isinstance(model, str) and model in MODELS
     if builtin:
         assert isinstance(model, str)
-        dataset = load_data(data if data is not None else "digits", seed=seed)
+        dataset = load_data(data if data is not None else default_data(model), seed=seed)
         # building is cheap and raises the shape error (e.g. a GRU on images) before any training
         fresh = build_model(model, dataset.input_shape, dataset.n_classes)
         if state_dict is None:

@@ -495,3 +495,15 @@ def test_a_budget_in_bytes_must_be_whole(tmp_path: Path, cnn_file: Path, capsys:
     code, _, err = run_cli(["explain", "--method", "saliency", "--model", cnn_file, "--memory-budget", "1.5",
                             "--out", tmp_path / "a.npz"], capsys)
     assert_one_line_error(code, err, "'1.5' is not a whole number of bytes", "1.5MiB")
+
+
+@pytest.mark.parametrize(("model", "data"), [("cnn", "digits"), ("gru", "digits-seq"), ("lstm", "digits-seq")])
+def test_a_built_in_model_without_data_gets_its_own_dataset(model: str, data: str) -> None:
+    # `xaudit explain --model gru` failed with "needs sequence data shaped (T, F), not (1, 8, 8)": the default
+    # dataset was digits images whatever the model
+    from xaudit.models import default_data
+    from xaudit.reports._subject import resolve_subject
+
+    assert default_data(model) == data
+    subject = resolve_subject(model, None, epochs=1, use_cache=False)
+    assert subject.dataset.name == data

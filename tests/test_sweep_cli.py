@@ -150,3 +150,22 @@ def test_an_interrupted_sweep_says_how_to_resume(signal_name: str, tmp_path: Pat
     assert code == (130 if signal_name == "SIGINT" else 143)
     assert "with --resume to finish it" in err
     assert err.strip().splitlines()[-1] == ("xaudit: interrupted" if signal_name == "SIGINT" else "xaudit: terminated")
+
+
+@pytest.mark.parametrize(("model", "data"), [("cnn", "digits"), ("gru", "digits-seq"), ("lstm", "digits-seq")])
+def test_a_sweep_without_data_uses_the_models_own_dataset(model: str, data: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # `xaudit sweep --model gru` used digits images and failed: the recurrent models read sequences
+    from xaudit.reports import _cli_sweep
+
+    seen = []
+
+    def record(model_name: str, data_name: str, *args: object, **kwargs: object) -> None:
+        seen.append((model_name, data_name))
+        raise KeyboardInterrupt  # stop there: what was asked for is all this test needs
+
+    monkeypatch.setattr(_cli_sweep, "run_sweep", record)
+    run_cli(["sweep", "--model", model, "--grid", "weight_decay=0,1e-3", "--drift", "none",
+             "--out", tmp_path / "sw"], capsys)
+    assert seen == [(model, data)]
