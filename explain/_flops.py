@@ -1,25 +1,30 @@
 """FLOPs of one model evaluation, from ``torch.utils.flop_counter.FlopCounterMode`` plus analytic counts.
 
-``FlopCounterMode`` counts matrix products and convolutions (2 FLOPs per multiply-add). It misses recurrent
-layers that run as one fused kernel: on CPU a float32 ``nn.LSTM`` without ``proj_size`` (oneDNN), and on CUDA
-with cuDNN every ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` (``aten._cudnn_rnn`` has no formula); ``nn.GRU`` and
-``nn.RNN`` on CPU decompose into ``aten.mm`` and are counted. Each call of a recurrent layer is watched: where
-the counter's total did not move during it, we add the counter's own convention analytically,
-``2 · T · G·H · (I + P)`` per layer and direction for the forward pass (input-to-hidden and hidden-to-hidden
-products of the G gates: 4 for an LSTM, 3 for a GRU, 1 for a plain RNN; plus ``2 · T · H · P`` for an LSTM's
-projection). That formula equals what the counter finds for the decomposed GRU and RNN, and for an LSTM in
-float64. Explanation methods differentiate with respect to the inputs only (never the weights), so the
-backward pass is measured that way, and the analytic backward is the forward less the first step's
-hidden-to-hidden product in each layer and direction (h₀ is a constant), as the counter finds for the
-decomposed layers. CPU attention (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention`` without
-weights, transformer layers) runs as a kernel the counter has no formula for in this torch; it is counted with
-torch's own formula for the other attention kernels. A recurrent layer inside TorchScript cannot be watched:
-it is named in the source as not counted, never silently zero.
+``FlopCounterMode`` counts matrix products and convolutions (2 FLOPs per multiply-add). It has no formula for
+the fused recurrent kernels: oneDNN's ``aten.mkldnn_rnn_layer`` (a float32 or bfloat16 ``nn.LSTM`` on CPU) and
+cuDNN's ``aten._cudnn_rnn`` (``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` on CUDA); ``nn.GRU`` and ``nn.RNN`` on CPU
+decompose into ``aten.mm`` and are counted. We give the counter a formula for each fused kernel, in its own
+convention, read off the kernel's arguments, so every call is counted wherever it happens (inside TorchScript,
+a subclass, a keyword call) and only when it runs: each time step of each sequence multiplies the input by
+``W_ih``, the hidden state by ``W_hh`` (and an LSTM's projection by ``W_hr``), so the forward pass is
+``2 · rows · Σ |W|`` over the 2-D weights, ``rows`` being the time steps of all sequences. That equals what the
+counter finds for the decomposed GRU and RNN, and for an LSTM in float64. Explanation methods differentiate
+with respect to the inputs only (never the weights), so the backward pass is measured that way; a fused
+kernel's backward is its forward less the first step's hidden-to-hidden product of each sequence (h₀ is taken
+as a constant; an h₀ computed from the input is charged that one step short), as the counter finds for the
+decomposed layers, and it is charged only when the gradient runs through the layer. CPU attention
+(``F.scaled_dot_product_attention``, ``nn.MultiheadAttention`` without weights, transformer layers) runs as a
+kernel the counter has no formula for in this torch; it is counted with torch's own formula for the other
+attention kernels. The analytic counts are named in the source, by the recurrent module that ran them.
+A profile is one sample's, cached per model generation and input shape: a model whose work depends on the
+values of its input (packing by lengths read from the padding, say) is charged that sample's count for every
+sample.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,21 +36,18 @@ from xaudit.models._walk import per_generation
 
 @dataclass(frozen=True)
 class FlopProfile:
-    """FLOPs of one sample's forward and backward pass and where the numbers come from (``uncounted_layers``:
-    layers neither the counter nor an analytic count covers, so the totals leave them out)."""
+    """FLOPs of one sample's forward and backward pass and where the numbers come from (``analytic_layers``:
+    the recurrent layers counted by our formulas for fused kernels rather than by the counter's own)."""
 
     forward: float
     backward: float
     analytic_layers: tuple[str, ...] = ()
-    uncounted_layers: tuple[str, ...] = ()
 
     @property
     def source(self) -> str:
         text = "FlopCounterMode"
         if self.analytic_layers:
             text += " + analytic (" + ", ".join(self.analytic_layers) + ")"
-        if self.uncounted_layers:
-            text += "; not counted: " + ", ".join(self.uncounted_layers)
         return text
 
 
@@ -85,15 +87,6 @@ def rnn_backward_flops(rnn: nn.RNNBase, seq_len: int) -> float:
 #: The LSTM-only names of the analytic counts (kept: they were public before GRU and RNN were added).
 lstm_forward_flops = rnn_forward_flops
 lstm_backward_flops = rnn_backward_flops
-
-
-def _seq_len(lstm: nn.Module, x: object) -> int:
-    if isinstance(x, nn.utils.rnn.PackedSequence):
-        return int(x.batch_sizes.numel())
-    assert isinstance(x, torch.Tensor)
-    if x.dim() == 3 and getattr(lstm, "batch_first", False):
-        return int(x.shape[1])
-    return int(x.shape[0])  # time-major batched input, or an unbatched (T, I) sequence
 
 
 def _attention_formulas() -> dict:
@@ -141,29 +134,105 @@ def flop_profile(model: nn.Module, sample: torch.Tensor, target: int = 0) -> Flo
     return per_generation(_CACHE, model, (tuple(sample.shape), sample.dtype, sample.device), measure)
 
 
+#: cuDNN's and oneDNN's recurrent modes (the same numbering), for labels.
+_KERNEL_MODES = {0: "RNN", 1: "RNN", 2: "LSTM", 3: "GRU"}
+
+
+def _rows(input_shape: tuple, hx_shape: tuple | None) -> tuple[int, int]:
+    """(time steps of all sequences, sequences) of a fused recurrent kernel's input: (T, N, I), (N, T, I) or
+    packed (Σ lengths, I); the sequences are the hidden state's batch."""
+    rows = 1
+    for d in input_shape[:-1]:
+        rows *= int(d)
+    sequences = int(hx_shape[-2]) if hx_shape is not None and len(hx_shape) >= 2 else 1
+    return rows, sequences
+
+
+def _numel(shape: tuple) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _rnn_formulas(fired: Callable[[int], None]) -> dict:
+    """FLOP formulas for the fused recurrent kernels the counter has none for; each forward call reports its
+    mode to ``fired`` (for the source's label)."""
+    aten = torch.ops.aten
+    mapping: dict = {}
+
+    onednn = getattr(aten, "mkldnn_rnn_layer", None)
+    onednn_backward = getattr(aten, "mkldnn_rnn_layer_backward", None)
+    if onednn is not None:  # one layer and direction per call: (input, W_ih, W_hh, b_ih, b_hh, hx, cx, ..., mode)
+        def onednn_forward(input: tuple, w_ih: tuple, w_hh: tuple, b_ih: tuple, b_hh: tuple, hx: tuple,
+                           cx: tuple, reverse: bool, batch_sizes: list, mode: int, *args: object,
+                           **kwargs: object) -> int:
+            rows, _ = _rows(input, hx)
+            fired(mode)
+            return 2 * rows * (_numel(w_ih) + _numel(w_hh))
+
+        mapping[onednn] = onednn_forward
+    if onednn_backward is not None:
+        def onednn_grad(input: tuple, w_ih: tuple, w_hh: tuple, b_ih: tuple, b_hh: tuple, hx: tuple,
+                        *args: object, **kwargs: object) -> int:
+            rows, sequences = _rows(input, hx)
+            return 2 * rows * _numel(w_ih) + 2 * (rows - sequences) * _numel(w_hh)
+
+        mapping[onednn_backward] = onednn_grad
+
+    cudnn = getattr(aten, "_cudnn_rnn", None)
+    cudnn_backward = getattr(aten, "_cudnn_rnn_backward", None)
+
+    def split(weights: list, stride: int) -> tuple[int, int]:
+        """(Σ |W| over the 2-D weights, Σ |W_hh|): each layer and direction holds ``stride`` tensors, W_ih
+        and W_hh first, then the biases and an LSTM's W_hr."""
+        matrices = sum(_numel(w) for w in weights if len(w) == 2)
+        hidden = sum(_numel(weights[i + 1]) for i in range(0, len(weights), stride))
+        return matrices, hidden
+
+    if cudnn is not None:  # all layers and directions in one call: (input, weights, stride, buf, hx, cx, mode, ...)
+        def cudnn_forward(input: tuple, weight: list, weight_stride0: int, weight_buf: object, hx: tuple,
+                          cx: object, mode: int, *args: object, **kwargs: object) -> int:
+            rows, _ = _rows(input, hx)
+            fired(mode)
+            return 2 * rows * split(weight, weight_stride0)[0]
+
+        mapping[cudnn] = cudnn_forward
+    if cudnn_backward is not None:
+        def cudnn_grad(input: tuple, weight: list, weight_stride0: int, weight_buf: object, hx: tuple,
+                       *args: object, **kwargs: object) -> int:
+            rows, sequences = _rows(input, hx)
+            matrices, hidden = split(weight, weight_stride0)
+            return 2 * rows * matrices - 2 * sequences * hidden
+
+        mapping[cudnn_backward] = cudnn_grad
+    return mapping
+
+
 def _measure_flops(model: nn.Module, sample: torch.Tensor, target: int) -> FlopProfile:
-    custom = _attention_formulas()
-    forward_counter = FlopCounterMode(display=False, custom_mapping=custom)
-    # each recurrent layer's call: the counter's total before it, then what the counter saw during it
-    rnn_calls: list[tuple[str, nn.Module, int, float]] = []
-    started: dict[int, list[float]] = {}
+    # which recurrent module is running, to name the analytic counts after it (a kernel run outside any, as in
+    # a frozen TorchScript model, is named by its kind)
+    running: list[str] = []
+    labels: dict[str, None] = {}
+
+    def fired(mode: int) -> None:
+        labels[running[-1] if running else f"{_KERNEL_MODES.get(mode, 'recurrent')} kernel"] = None
+
+    custom = {**_attention_formulas(), **_rnn_formulas(fired)}
     handles = []
-    scripted = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.RNNBase) and module.mode in _GATES:
-            def before(mod: nn.Module, args: tuple) -> None:
-                started.setdefault(id(mod), []).append(forward_counter.get_total_flops())
+        if isinstance(module, nn.RNNBase):
+            def enter(mod: nn.Module, args: tuple, _name: str = name) -> None:
+                running.append(f"{_name or 'model'}: {type(mod).__name__}")
 
-            def after(mod: nn.Module, args: tuple, _out: object, _name: str = name) -> None:
-                seen = forward_counter.get_total_flops() - started[id(mod)].pop()
-                rnn_calls.append((_name, mod, _seq_len(mod, args[0]), seen))
+            def leave(mod: nn.Module, args: tuple, out: object) -> None:
+                if running:
+                    running.pop()
 
-            handles.append(module.register_forward_pre_hook(before))
-            handles.append(module.register_forward_hook(after))
-        elif getattr(module, "original_name", None) in ("LSTM", "GRU", "RNN") \
-                and isinstance(module, torch.jit.ScriptModule):
-            scripted.append(f"{name or 'model'} (TorchScript {module.original_name})")
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave))
 
+    forward_counter = FlopCounterMode(display=False, custom_mapping=custom)
     x = sample.detach().clone().requires_grad_(True)
     try:
         with forward_counter:
@@ -176,12 +245,4 @@ def _measure_flops(model: nn.Module, sample: torch.Tensor, target: int) -> FlopP
     finally:
         for h in handles:
             h.remove()
-
-    analytic: dict[str, None] = {}
-    for name, rnn, length, seen in rnn_calls:
-        if seen == 0:  # a fused kernel (oneDNN, cuDNN): the counter saw none of this call's products
-            forward += rnn_forward_flops(rnn, length)  # type: ignore[arg-type]
-            backward += rnn_backward_flops(rnn, length)  # type: ignore[arg-type]
-            analytic[f"{name or 'model'}: {type(rnn).__name__}"] = None
-    return FlopProfile(forward=forward, backward=backward, analytic_layers=tuple(analytic),
-                       uncounted_layers=tuple(scripted))
+    return FlopProfile(forward=forward, backward=backward, analytic_layers=tuple(labels))

@@ -26,13 +26,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """
     # only what is switched is switched back: on a model already in eval mode this sets nothing (every
     # Module.__setattr__ counted: ~0.3 ms of a 6 ms saliency call on the digits CNN)
-    flags = [(module, module.training) for module in modules_of(model)]
+    # a frozen TorchScript module (torch.jit.freeze) has no training flag: it is eval-only
+    flags = [(module, getattr(module, "training", False)) for module in modules_of(model)]
     if any(training for _, training in flags):
         model.eval()
     try:
         yield model
     finally:
         for module, training in flags:
-            if module.training != training:
+            if getattr(module, "training", False) != training:
                 # the attribute, not train(): train() would set the module's children too
                 module.training = training
