@@ -256,8 +256,9 @@ def _rapl() -> _Rapl | None:
     return None
 
 
-def _nvml_energy_mj(device: torch.device) -> float | None:
-    """Total energy of the GPU since driver load, in millijoules, or None without NVML."""
+def _nvml_read(device: torch.device, reading: str) -> float | None:
+    """One NVML reading of ``device`` (``reading`` names a ``pynvml.nvmlDevice...(handle)`` function), or None
+    without NVML."""
     try:
         import pynvml  # type: ignore[import-not-found]
     except ImportError:
@@ -265,28 +266,24 @@ def _nvml_energy_mj(device: torch.device) -> float | None:
     try:
         pynvml.nvmlInit()
         index = device.index if device.index is not None else torch.cuda.current_device()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return float(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+        return float(getattr(pynvml, reading)(pynvml.nvmlDeviceGetHandleByIndex(index)))
     except pynvml.NVMLError:
         return None
 
 
-#: Shortest call whose energy is NVML's energy-counter difference; shorter calls use power × time.
-NVML_COUNTER_MIN_S = 1.0
+def _nvml_energy_mj(device: torch.device) -> float | None:
+    """Total energy of the GPU since driver load, in millijoules, or None without NVML."""
+    return _nvml_read(device, "nvmlDeviceGetTotalEnergyConsumption")
 
 
 def _nvml_power_w(device: torch.device) -> float | None:
     """NVML's board power reading in watts (an average over the last second on Ampere and newer), or None."""
-    try:
-        import pynvml  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return float(pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(index))) / 1e3
-    except pynvml.NVMLError:
-        return None
+    milliwatts = _nvml_read(device, "nvmlDeviceGetPowerUsage")
+    return None if milliwatts is None else milliwatts / 1e3
+
+
+#: Shortest call whose energy is NVML's energy-counter difference; shorter calls use power × time.
+NVML_COUNTER_MIN_S = 1.0
 
 
 def nvml_energy(start_mj: float, end_mj: float, wall_s: float, power_w: float | None) -> tuple[float, str]:

@@ -131,3 +131,29 @@ def test_flop_profile_of_a_recurrent_model_on_cuda_runs_with_cudnn_off(monkeypat
         p = xe.flop_profile(LastStep().eval(), torch.rand(1, 5, 3))
         assert torch.backends.cudnn.enabled
     assert seen == [False] and p.forward == 2 * 5 * 3 * 4 * (3 + 4)
+
+
+def test_nvml_readings_are_taken_through_pynvml_in_its_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    # no NVIDIA GPU here: a stand-in pynvml with NVML's units (millijoules since driver load, milliwatts)
+    import types
+
+    from xaudit.explain._cost import _nvml_energy_mj, _nvml_power_w
+
+    class NVMLError(Exception):
+        pass
+
+    asked: list[object] = []
+    fake = types.SimpleNamespace(NVMLError=NVMLError, nvmlInit=lambda: None,
+                                 nvmlDeviceGetHandleByIndex=lambda index: asked.append(index) or ("gpu", index),
+                                 nvmlDeviceGetTotalEnergyConsumption=lambda handle: 123456,
+                                 nvmlDeviceGetPowerUsage=lambda handle: 250000)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    device = torch.device("cuda", 1)
+    assert _nvml_energy_mj(device) == 123456.0 and _nvml_power_w(device) == 250.0 and asked == [1, 1]
+    assert xe.energy_source_for(device) == "nvml"
+
+    def refused(handle: object) -> int:
+        raise NVMLError("Not Supported")
+
+    fake.nvmlDeviceGetPowerUsage = refused
+    assert _nvml_power_w(device) is None
