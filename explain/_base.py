@@ -166,6 +166,8 @@ class Explainer:
     family: ClassVar[str] = "saliency"
     paper: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
+    #: the gradient it takes runs back to the input (Grad-CAM's stops at its layer)
+    needs_input_gradient: ClassVar[bool] = True
     needs_background: ClassVar[bool] = False
     is_stochastic: ClassVar[bool] = False
     batch_invariant: ClassVar[bool] = True
@@ -488,6 +490,12 @@ class Explainer:
             per_chunk, row_batch = self._plan(x_dev, batch_size, memory_budget)
             ctx = CallContext(row_batch=row_batch, seed=seed, device=device)
             profile = self._flop_profile(x_dev[:1])
+            if self.needs_input_gradient and not profile.input_gradient:
+                raise XauditError(
+                    f"{self.name} needs the gradient of the model's output with respect to its input, and this "
+                    "model's output has none (its forward detaches the input or runs under torch.no_grad()): "
+                    "choose a method that only runs the model forward (occlusion, shap_kernel, shap_partition, "
+                    "lime)")
             self._prepare(x_dev[:1].detach())
             # Target resolution is outside the meter: a report resolves predictions once for all methods,
             # and the cost should be the method's own.

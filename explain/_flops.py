@@ -42,6 +42,9 @@ class FlopProfile:
     forward: float
     backward: float
     analytic_layers: tuple[str, ...] = ()
+    #: whether the target score has a gradient path from the input (False when the model's forward detaches
+    #: its input or runs it under ``torch.no_grad()``: gradient methods cannot explain it)
+    input_gradient: bool = True
 
     @property
     def source(self) -> str:
@@ -238,11 +241,15 @@ def _measure_flops(model: nn.Module, sample: torch.Tensor, target: int) -> FlopP
         with forward_counter:
             out = model(x)
         forward = float(forward_counter.get_total_flops())
-        backward_counter = FlopCounterMode(display=False, custom_mapping=custom)
-        with backward_counter:
-            torch.autograd.grad(out[0, target], x)
-        backward = float(backward_counter.get_total_flops())
+        backward = 0.0
+        score = out[0, target]
+        reached = False
+        if score.requires_grad:  # no gradient path from the input (x.detach() inside): no backward to count
+            backward_counter = FlopCounterMode(display=False, custom_mapping=custom)
+            with backward_counter:
+                reached = torch.autograd.grad(score, x, allow_unused=True)[0] is not None
+            backward = float(backward_counter.get_total_flops())
     finally:
         for h in handles:
             h.remove()
-    return FlopProfile(forward=forward, backward=backward, analytic_layers=tuple(labels))
+    return FlopProfile(forward=forward, backward=backward, analytic_layers=tuple(labels), input_gradient=reached)

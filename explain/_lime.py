@@ -212,6 +212,7 @@ class Lime(Explainer):
     family = "lime"
     paper = "Ribeiro, Singh & Guestrin 2016"
     uses_gradients = False
+    needs_input_gradient = False
     is_stochastic = True
     batch_invariant = True
     # perturbed rows fill model calls across the samples of a chunk (``_masked_probabilities``)

@@ -40,6 +40,7 @@ class Occlusion(Explainer):
     name = "occlusion"
     paper = "Zeiler & Fergus 2014"
     uses_gradients = False
+    needs_input_gradient = False
     # next to the model's activations: the occluded copies of the inputs and the per-window outputs; measured
     # from a released heap, 10.1-10.8 MiB under a 10 MiB budget planned at the bare row estimate
     memory_factor = 1.25

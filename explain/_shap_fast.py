@@ -153,6 +153,7 @@ class _FastShap(ShapExplainer):
     """Shared configuration, feature layout and result assembly of the batched SHAP estimators."""
 
     uses_gradients = False
+    needs_input_gradient = False
     # masked rows are built and evaluated row_batch at a time across the chunk (_Coalitions._run); chunks sized
     # by coalitions held one sample each, so Partition SHAP's rounds made model calls of a few rows: 3-12× the
     # time of its evaluations in batches (bench_explain.py)

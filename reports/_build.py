@@ -234,7 +234,7 @@ def _warm_up(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, memory_bu
 
 def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, background: torch.Tensor,
                     names: Sequence[str], *, seed: int, progress: Progress | None = None,
-                    memory_budget: int | None = None) -> tuple[MethodResult, ...]:
+                    memory_budget: int | None = None, say_failures: bool = True) -> tuple[MethodResult, ...]:
     """Run each method on ``x`` for ``targets``; unsupported methods and user-level errors become reasons.
 
     A ``memory_budget`` too small for any supported method raises first (see :func:`check_memory_budget`).
@@ -278,7 +278,8 @@ def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ba
             # library error too (shap's hooks on a ResNet block's in-place add): named, in one line
             said = " ".join(str(exc).split())
             reason = said if isinstance(exc, XauditError) else f"{name} failed on this model ({type(exc).__name__}: {said[:300]})"
-            say(f"method {i}/{len(names)} {name}: failed: {reason}")
+            if say_failures:  # xaudit explain raises the reason as its error instead: said once
+                say(f"method {i}/{len(names)} {name}: failed: {reason}")
             results.append(MethodResult(**base, reason=reason, failed=True))
             continue
         per = exp.cost.per_sample()

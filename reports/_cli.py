@@ -343,7 +343,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         if reason:  # said once, as the error (not first as a "skipped" progress line)
             raise unsupported_error(name, reason)
         (result,) = explain_methods(subject.model, x, targets, background, [name], seed=args.seed,
-                                    progress=progress, memory_budget=budget)
+                                    progress=progress, memory_budget=budget, say_failures=False)
         if result.explanation is None:
             raise unsupported_error(name, result.reason or "unsupported")
         exp = result.explanation

@@ -112,3 +112,19 @@ class Conv1dNCL(nn.Module):
 def make_conv1d_ncl() -> nn.Module:
     torch.manual_seed(3)
     return Conv1dNCL()
+
+
+class Detached(nn.Module):
+    """A model whose forward detaches its input: its output has no gradient with respect to the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = TinyCNN(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.detach())
+
+
+def make_detached() -> nn.Module:
+    torch.manual_seed(0)
+    return Detached()

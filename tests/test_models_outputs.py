@@ -320,3 +320,38 @@ def test_training_a_softmax_model_uses_the_log_of_its_probabilities():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
     assert float(classification_loss(user.make_logits(), logits, y)) == pytest.approx(
         float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-6)
+
+
+# ------------------------------------------------------------------------ no gradient path from the input
+
+
+def test_a_model_that_detaches_its_input_runs_forward_only_methods_and_refuses_gradient_ones(tmp_path, capsys):
+    # the FLOP profile always took a gradient, so occlusion and lime failed with torch's "element 0 of tensors
+    # does not require grad", and a report's quality metrics died with a traceback
+    from xaudit.explain import explain, flop_profile
+
+    model = user.make_detached().eval()
+    x = torch.rand(4, 1, 8, 8)
+    p = flop_profile(model, x[:1])
+    assert p.backward == 0 and not p.input_gradient and p.forward > 0
+    for method in ("occlusion", "shap_kernel", "lime"):
+        assert explain(model, x, method, target=0, background=x).attributions.abs().sum() > 0
+    with pytest.raises(XauditError, match="saliency needs the gradient of the model's output with respect to its "
+                                          "input.*choose a method that only runs the model forward"):
+        explain(model, x, "saliency", target=0)
+
+    data = image_npz(tmp_path / "d.npz", n_test=24)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["report", "-q", "--model", "_output_models:make_detached", "--data", data, "--methods",
+                            "saliency,occlusion", "--quality", "fast", "--n-explain", "2", "--out", out], capsys)
+    assert code == 0, err
+    methods = {m["name"]: m for m in read_report_json(out)["methods"]}
+    assert methods["occlusion"]["cost"]["backward_evals_per_sample"] == 0 and not methods["occlusion"]["failed"]
+    assert "needs the gradient of the model's output" in methods["saliency"]["reason"]
+    code, _, err = run_cli(["explain", "--model", "_output_models:make_detached", "--data", data, "--method",
+                            "integrated_gradients", "--out", tmp_path / "a.npz"], capsys)
+    assert code == 2 and err.count("needs the gradient") == 1, err  # progress lines, the reason said once
+    code, _, err = run_cli(["explain", "-q", "--model", "_output_models:make_detached", "--data", data, "--method",
+                            "integrated_gradients", "--out", tmp_path / "a.npz"], capsys)
+    assert_one_line_error(code, err, "integrated_gradients needs the gradient", "occlusion, shap_kernel")
+    assert not (tmp_path / "a.npz").exists()
