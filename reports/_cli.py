@@ -98,8 +98,9 @@ def _common_options() -> argparse.ArgumentParser:
                            "code, so only use it for files you trust")
     what.add_argument("--data", metavar="DATA",
                       help=f"a built-in dataset ({', '.join(DATASETS)}) or an .npz file with x_test, y_test and "
-                           "optionally x_train, y_train, class_names (default: the dataset a saved model records; for "
-                           "a built-in model, digits for cnn and digits-seq for gru and lstm)")
+                           "optionally x_train, y_train, class_names (default: the built-in dataset a saved model records "
+                           "(a model trained on your own file needs that file named); for a built-in model, digits "
+                           "for cnn and digits-seq for gru and lstm)")
     run = common.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0,
                      help=f"seed for training, the choice of explained samples and stochastic methods, 0..{MAX_SEED} "

@@ -97,12 +97,14 @@ class _Loaded(NamedTuple):
     train_config: TrainConfig | None
     history: tuple[EpochRecord, ...]
     dataset: str | None  # the built-in dataset a saved model file records, if any
+    trained_on: str | None = None  # the dataset it records when that is not built in (a user's .npz)
 
 
 def _from_loaded(loaded: Any) -> _Loaded:
     recorded = loaded.dataset if isinstance(loaded.dataset, str) else getattr(loaded.dataset, "name", None)
     return _Loaded(loaded.model, loaded.name, loaded.source, loaded.train_config, tuple(loaded.history),
-                   recorded if recorded in DATASETS else None)
+                   recorded if recorded in DATASETS else None,
+                   recorded if recorded and recorded not in DATASETS else None)
 
 
 def _load(model: ModelSource, *, state_dict: str | os.PathLike[str] | None, trust_pickle: bool) -> _Loaded:
@@ -137,7 +139,8 @@ def resolve_subject(
     """Resolve ``model`` and ``data`` into a :class:`Subject`, training a built-in model if named.
 
     Everything that can be checked cheaply (names, files, shapes, labels) is checked before training.
-    ``data=None`` means the built-in dataset a saved model file records, else ``digits``; for a built-in
+    ``data=None`` means the built-in dataset a saved model file records (a file recording a dataset of the
+    user's is refused: its data must be named), else ``digits``; for a built-in
     model, its own default (:data:`xaudit.models.DEFAULT_DATA`: ``digits-seq`` for ``gru`` and ``lstm``).
     """
     builtin = isinstance(model, str) and model in MODELS
@@ -152,6 +155,10 @@ def resolve_subject(
         loaded = loaded._replace(name=model, source=f"built-in {model} with weights from {os.fspath(state_dict)}")
     else:
         loaded = _load(model, state_dict=state_dict, trust_pickle=trust_pickle)
+        if data is None and loaded.trained_on is not None:
+            # evaluating on the built-in digits instead gave a report of a model on data it never saw
+            raise XauditError(f"{loaded.source} was trained on {loaded.trained_on!r}, which is not a built-in "
+                              "dataset: pass that file with --data (data= in Python)")
         dataset = load_data(data if data is not None else (loaded.dataset or "digits"), seed=seed,
                             dtype=model_dtype(loaded.model))
     subject = _checked_subject(loaded.model, loaded.name, loaded.source, dataset, loaded.train_config,

@@ -507,3 +507,21 @@ def test_a_built_in_model_without_data_gets_its_own_dataset(model: str, data: st
     assert default_data(model) == data
     subject = resolve_subject(model, None, epochs=1, use_cache=False)
     assert subject.dataset.name == data
+
+
+def test_a_model_file_trained_on_the_users_data_needs_that_data_named(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # without --data, a model trained on the user's .npz was evaluated on the built-in digits, with no word
+    # of it (a relabelled copy of digits reported 1.9% accuracy)
+    data = image_npz(tmp_path / "mine.npz")
+    model = tmp_path / "m.pt"
+    code, _, err = run_cli(["train", "-q", "--model", "cnn", "--data", data, "--epochs", "1", "--out", model], capsys)
+    assert code == 0, err
+    for command in (["report", "--methods", "saliency", "--out", tmp_path / "r"],
+                    ["explain", "--method", "saliency", "--out", tmp_path / "a.npz"]):
+        code, _, err = run_cli([command[0], "-q", "--model", model, *command[1:]], capsys)
+        assert_one_line_error(code, err, "m.pt was trained on '", "mine.npz', which is not a built-in", "--data")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "a.npz").exists()
+    code, _, err = run_cli(["explain", "-q", "--model", model, "--data", data, "--method", "saliency",
+                            "--n-explain", "2", "--out", tmp_path / "a.npz"], capsys)
+    assert code == 0, err
