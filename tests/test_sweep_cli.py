@@ -55,6 +55,8 @@ def test_resume_finishes_without_training(sweep_dir: Path, capsys: pytest.Captur
     (["--grid", "augment=none,rotate"], ["unknown augmentation 'rotate'", "did you mean 'rotation'"]),
     (["--grid", "dropout=0", "--address", "auto"], ["--address", "--backend ray"]),
     (["--grid", "dropout=0", "--drift", "salincy"], ["did you mean 'saliency'"]),
+    # refused only once the run directory held a manifest, which then blocked the corrected command
+    (["--model", "gru", "--grid", "dropout=0"], ["model 'gru' needs sequence data", "digits-seq"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], fragments: list[str], tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
