@@ -62,12 +62,14 @@ def available_methods() -> tuple[str, ...]:
 
 def get_explainer(name: str) -> type[Explainer]:
     """The explainer class registered as ``name`` (with a "did you mean" error for unknown names). Spaces around
-    it, letter case, and spaces or hyphens for underscores are forgiven ("Saliency", "LIME ", "Integrated
-    Gradients")."""
+    it, letter case, and spaces, hyphens or nothing for underscores are forgiven ("Saliency", "LIME ", "Integrated
+    Gradients", "Grad-CAM", "ShapKernel")."""
     found = _REGISTRY.get(name) if isinstance(name, str) else None
     if found is None and isinstance(name, str):
         plain = "_".join(name.replace("-", " ").split()).lower()  # "Integrated Gradients" -> integrated_gradients
-        found = _REGISTRY.get(name.strip()) or _REGISTRY.get(plain)
+        # and with no separators at all: "Grad-CAM" -> gradcam, "ShapKernel" -> shap_kernel (no two collide)
+        joined = {key.replace("_", ""): cls for key, cls in _REGISTRY.items()}
+        found = _REGISTRY.get(name.strip()) or _REGISTRY.get(plain) or joined.get(plain.replace("_", ""))
     if found is None:
         raise did_you_mean("explanation method", name, _REGISTRY)
     return found

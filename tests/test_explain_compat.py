@@ -375,3 +375,9 @@ def test_a_fixed_mask_is_linear_and_passes() -> None:
 def test_method_names_forgive_spaces_and_hyphens() -> None:
     assert get_explainer("Integrated Gradients") is get_explainer("integrated_gradients")
     assert get_explainer(" input-x-gradient ") is get_explainer("input_x_gradient")
+    # the usual spellings of the papers' names, with a hyphen where the registry has none, or none where it has one
+    assert get_explainer("Grad-CAM") is get_explainer("gradcam")
+    assert get_explainer("ShapKernel") is get_explainer("shap_kernel")
+    assert get_explainer("Guided Back-prop") is get_explainer("guided_backprop")
+    with pytest.raises(XauditError, match="did you mean"):
+        get_explainer("grad-camm")
