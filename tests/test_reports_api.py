@@ -233,3 +233,19 @@ def test_the_model_is_warmed_at_the_full_batch_before_the_first_method_is_timed(
     timed = [i for i, call in enumerate(calls) if call[2]]
     assert calls[timed[0]] == ("input_x_gradient", 6, True)
     assert ("saliency", 6, False) in calls[:timed[0]], calls
+
+
+@pytest.mark.parametrize(("source", "said"), [
+    ("rapl", "the CPU package's energy counter (Intel RAPL) over the call"),
+    ("nvml", "the GPU board's energy counter over the call"),
+    ("nvml_power", "NVML's board power reading × wall time"),
+])
+def test_the_page_says_what_each_energy_source_measures(image_report: Report, source: str, said: str) -> None:
+    # only "estimate" was explained: "source: rapl" left the reader to guess it is the whole package's energy
+    import copy
+    import dataclasses
+
+    content = copy.deepcopy(image_report.json)
+    content["measurement"]["energy_sources"] = [source]
+    page = dataclasses.replace(image_report, json=content).to_html()
+    assert said in page.replace("&#34;", '"').replace("&#39;", "'")
