@@ -167,8 +167,10 @@ def build_report(
     ``model`` is a built-in name (trained with its reference recipe, or taken from the training cache),
     a model file, a ``"module:callable"`` factory, a ``torch.nn.Module``, or a ``LoadedModel`` /
     ``TrainResult``. ``data`` is a :class:`~xaudit.models.Dataset`, a built-in name or an ``.npz`` path
-    (None: the dataset a saved model records, else ``digits``). ``methods`` defaults to every registered
-    method; ``n_explain`` seeded test samples are explained, each for its predicted class. ``device``
+    (None: the built-in dataset a saved model records, else ``digits`` for ``cnn`` and ``digits-seq`` for
+    ``gru`` and ``lstm``; a model file trained on the user's own file needs it named). ``methods``
+    defaults to every registered method; ``n_explain`` seeded test samples are explained, each for its
+    predicted class. ``device``
     None keeps the model where it is; ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` move it. ``epochs``
     overrides the training recipe (quick runs); ``progress`` receives one line per step;
     ``memory_budget`` (bytes or ``"2GiB"``) bounds each method's memory, chunking inputs to fit.

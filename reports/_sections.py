@@ -187,7 +187,8 @@ class CostSection(Section):
             "machine": ctx.machine,
             "device": str(ctx.device),
             "n_samples": len(ctx.indices),
-            "warmup": "each method ran once, untimed, on one sample before the measured call",
+            "warmup": ("one untimed gradient pass over all the explained samples before any method, and each "
+                       "method once, untimed, on one sample before its measured call"),
             "timing": ("wall: time.perf_counter (CUDA events on GPU); CPU: time.process_time, all threads summed; "
                        "one-time setup (importing the library a method calls, its private model copy) is done "
                        "before the clock starts"),

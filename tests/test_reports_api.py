@@ -249,3 +249,8 @@ def test_the_page_says_what_each_energy_source_measures(image_report: Report, so
     content["measurement"]["energy_sources"] = [source]
     page = dataclasses.replace(image_report, json=content).to_html()
     assert said in page.replace("&#34;", '"').replace("&#39;", "'")
+
+
+def test_the_measurement_notes_say_how_the_methods_were_warmed(image_report: Report) -> None:
+    warmup = image_report.json["measurement"]["warmup"]
+    assert "untimed gradient pass over all the explained samples" in warmup and "on one sample" in warmup
