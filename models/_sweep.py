@@ -225,8 +225,9 @@ def run_sweep(
     _check_setup(model, base, repeats, seed)
     runner = make_backend(backend, workers=workers, address=address)
     dataset = load_sweep_data(data, n_train, n_test)
-    # a model that cannot read this data (a GRU on images) fails here, before the run directory is written
-    build_model(model, dataset.input_shape, dataset.n_classes, hidden=hidden)
+    # a model that cannot read this data (a GRU on images) fails here, before the run directory is written;
+    # seeded, so the global RNG is untouched
+    build_model(model, dataset.input_shape, dataset.n_classes, hidden=hidden, seed=0)
     points = grid_points(parsed, base, dataset.kind)
     tasks = [TrialTask(trial_key(p.index, r), p.index, r, model, dataclasses.replace(p.config, seed=(seed + r) % 2**32),
                        p.train_fraction, hidden, keep_models and run_dir is not None)
