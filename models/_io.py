@@ -59,6 +59,8 @@ class LoadedModel:
     dataset: str | None = None
     train_config: TrainConfig | None = None
     history: tuple[EpochRecord, ...] = ()
+    #: earlier training runs the weights went through before ``train_config`` (oldest first), one line each
+    warm_start: tuple[str, ...] = ()
 
 
 def xaudit_version() -> str:
@@ -76,8 +78,12 @@ def save_model(
     dataset: str | None = None,
     train_config: TrainConfig | None = None,
     history: Sequence[EpochRecord] = (),
+    warm_start: Sequence[str] = (),
 ) -> None:
     """Save a built-in model with its architecture spec and training metadata, atomically.
+
+    ``train_config`` and ``history`` describe the last training run; ``warm_start`` the runs before it whose
+    weights it started from (oldest first, one line each), so a fine-tuned model's card tells its whole story.
 
     The file holds only tensors and plain values, so :func:`load_model` reads it with ``weights_only=True``.
     It is written to a temporary file in the same directory and moved into place, so a crash never
@@ -103,6 +109,7 @@ def save_model(
         "dataset": dataset,
         "train_config": train_config.to_dict() if train_config is not None else None,
         "history": [asdict(record) for record in history],
+        "warm_start": [str(line) for line in warm_start],
     }
     atomic_write(target, lambda fh: torch.save(payload, fh))
 
@@ -384,13 +391,14 @@ def _from_payload(payload: Mapping[str, Any], label: str) -> LoadedModel:
         model.load_state_dict(payload["state_dict"])
         config = TrainConfig.from_dict(payload["train_config"]) if payload.get("train_config") else None
         history = tuple(EpochRecord(**record) for record in payload.get("history") or ())
+        warm_start = tuple(str(line) for line in payload.get("warm_start") or ())
     except XauditError as exc:
         raise XauditError(f"model file {label!r} has invalid metadata ({exc}): re-save it with save_model") from exc
     except (KeyError, TypeError, RuntimeError) as exc:
         raise XauditError(
             f"model file {label!r} is damaged ({type(exc).__name__}: {_first_line(exc)}): re-save it with save_model"
         ) from exc
-    return LoadedModel(model, label, spec.name, payload.get("dataset"), config, history)
+    return LoadedModel(model, label, spec.name, payload.get("dataset"), config, history, warm_start)
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:

@@ -54,6 +54,7 @@ from ._build import (
     select_samples,
     unsupported_error,
 )
+from ._model_card import describe_run
 from ._quality_build import QUALITY_MODES
 from ._report import Report, json_safe, write_report
 from ._runtime import machine_info, resolve_device, xaudit_version
@@ -176,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a built-in model with its reference recipe (or a factory or TorchScript model with the "
                     "default recipe) and save it: a built-in model as a model file that records the data, recipe "
                     "and history; any other model as its weights (a state dict), loaded back with --model <the "
-                    "same model> --state-dict FILE.")
+                    "same model> --state-dict FILE. A saved model file trains further from its weights, with its "
+                    "architecture's reference recipe; the new file records the earlier run too.")
     train.add_argument("--out", default="model.pt", metavar="FILE", help="model file to write (default: model.pt)")
     train.set_defaults(run=_run_train)
 
@@ -280,14 +282,22 @@ def _run_train(args: argparse.Namespace) -> int:
         builtin = args.model in MODELS
         if not builtin or args.state_dict is not None:
             # resolve_subject trained only a bare built-in name; a loaded, factory or warm-started model
-            # is trained here, in place (the default recipe for non-built-in architectures)
-            config = (training_config(args.model, subject.dataset, seed=args.seed, epochs=args.epochs) if builtin
-                      else TrainConfig(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {})))
+            # is trained here, in place: a built-in architecture (named, or a saved xaudit model file) with its
+            # reference recipe, any other with the default recipe
+            saved_builtin = isinstance(getattr(subject.model, "spec", None), ModelSpec) and subject.name in MODELS
+            architecture = args.model if builtin else (subject.name if saved_builtin else None)
+            config = (training_config(architecture, subject.dataset, seed=args.seed, epochs=args.epochs)
+                      if architecture else
+                      TrainConfig(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {})))
             if progress:
                 progress(f"training {subject.name} on {subject.dataset.name} ({config.epochs} epochs)")
+            # the file's own training run, if it had one, is kept as where these weights started
+            before = subject.warm_start
+            if subject.train_config is not None or subject.history:
+                before += (describe_run(subject.source, subject.train_config, subject.history),)
             result = train_model(subject.model, subject.dataset, config,
                                  progress=epoch_printer(progress, subject.name))
-            subject = dataclasses.replace(subject, train_config=config, history=result.history)
+            subject = dataclasses.replace(subject, train_config=config, history=result.history, warm_start=before)
         _save_trained(subject, Path(args.out), progress)
     if progress:
         metrics = compute_metrics(subject.model, subject.dataset)
@@ -306,7 +316,7 @@ def _save_trained(subject: Subject, out: Path, progress: Progress | None) -> Non
 
     if isinstance(getattr(subject.model, "spec", None), ModelSpec):
         save_model(subject.model, out, dataset=subject.dataset.name, train_config=subject.train_config,
-                   history=subject.history)
+                   history=subject.history, warm_start=subject.warm_start)
         return
     weights = {k: v.detach().cpu().clone() for k, v in subject.model.state_dict().items()}
     atomic_write(out, lambda fh: torch.save(weights, fh))

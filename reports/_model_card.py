@@ -8,6 +8,7 @@ what it cannot know (a user model's intended use) is said to be unknown rather t
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from xaudit.models._nets import MODELS
 from xaudit.models._layout import CHANNELS_FIRST
 from xaudit.models._outputs import LOGITS, PROBABILITIES, output_kind
+from xaudit.models._train import EpochRecord, TrainConfig
 
 from ._subject import Subject
 
@@ -36,6 +38,20 @@ def layer_summary(model: nn.Module) -> list[dict[str, Any]]:
     return [{"type": name, "count": n} for name, n in counts.items()]
 
 
+def recipe_text(config: TrainConfig) -> str:
+    """The optimizer settings of a recipe in words (the card's ``recipe``)."""
+    return (f"{config.optimizer}, learning rate {config.lr} ({config.lr_schedule} schedule), "
+            f"batch {config.batch_size}, seed {config.seed}")
+
+
+def describe_run(source: str, config: TrainConfig | None, history: Sequence[EpochRecord]) -> str:
+    """One line for a training run whose weights a later run started from (a model file's ``warm_start``)."""
+    if config is None:
+        return f"{source}: {len(history)} epochs, recipe not recorded" if history else f"{source}: recipe not recorded"
+    return (f"{source}: {len(history) or config.epochs} epochs; {recipe_text(config)}; augmentation: "
+            f"{', '.join(config.augment) or 'none'}")
+
+
 def model_card(subject: Subject, n_explained: int) -> dict[str, Any]:
     """report.json's ``model_card``: facts about the audited model beyond the ``model``/``data`` objects."""
     dataset, config = subject.dataset, subject.train_config
@@ -49,11 +65,12 @@ def model_card(subject: Subject, n_explained: int) -> dict[str, Any]:
                                                   ("dropout", config.dropout)) if v]
         training = {
             "epochs_configured": config.epochs, "epochs_run": epochs_run or None,
-            "recipe": (f"{config.optimizer}, learning rate {config.lr} ({config.lr_schedule} schedule), "
-                       f"batch {config.batch_size}, seed {config.seed}"),
+            "recipe": recipe_text(config),
             "regularization": ", ".join(regularization) or "none",
             "augmentation": ", ".join(config.augment) or "none",
             "early_stopping": config.early_stopping,
+            # the runs the weights went through before this one (xaudit train on a saved model)
+            "warm_started_from": list(subject.warm_start),
         }
     if built_in:
         intended_use = (f"xaudit's built-in reference {subject.name} for {dataset.name}: an object of study for "

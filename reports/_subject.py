@@ -50,6 +50,8 @@ class Subject:
     #: How the user's 3-D data was laid out: ``TIME_FEATURES``, or ``CHANNELS_FIRST`` when the model is a
     #: :class:`~xaudit.models._layout.ChannelsFirst` wrapper and ``dataset`` holds the data transposed.
     input_layout: str | None = None
+    #: earlier training runs the weights went through before ``train_config`` (a model file's record)
+    warm_start: tuple[str, ...] = ()
 
 
 def training_config(model_name: str, dataset: Dataset, *, seed: int = 0, epochs: int | None = None) -> TrainConfig:
@@ -98,13 +100,14 @@ class _Loaded(NamedTuple):
     history: tuple[EpochRecord, ...]
     dataset: str | None  # the built-in dataset a saved model file records, if any
     trained_on: str | None = None  # the dataset it records when that is not built in (a user's .npz)
+    warm_start: tuple[str, ...] = ()
 
 
 def _from_loaded(loaded: Any) -> _Loaded:
     recorded = loaded.dataset if isinstance(loaded.dataset, str) else getattr(loaded.dataset, "name", None)
     return _Loaded(loaded.model, loaded.name, loaded.source, loaded.train_config, tuple(loaded.history),
                    recorded if recorded in DATASETS else None,
-                   recorded if recorded and recorded not in DATASETS else None)
+                   recorded if recorded and recorded not in DATASETS else None, tuple(loaded.warm_start))
 
 
 def _load(model: ModelSource, *, state_dict: str | os.PathLike[str] | None, trust_pickle: bool) -> _Loaded:
@@ -163,6 +166,7 @@ def resolve_subject(
                             dtype=model_dtype(loaded.model))
     subject = _checked_subject(loaded.model, loaded.name, loaded.source, dataset, loaded.train_config,
                                loaded.history)
+    subject = dataclasses.replace(subject, warm_start=loaded.warm_start)
     if epochs is not None:  # after the model and data checks, whose errors say more
         what = f"the built-in {model} with weights from a file" if builtin else "a model you supply"
         raise XauditError(f"--epochs sets how long a built-in model trains, but {what} is used as it is: drop "

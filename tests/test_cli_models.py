@@ -222,3 +222,24 @@ def test_a_state_dict_archive_missing_its_tensors_is_one_line(factory_module: st
     _explain_fails(["--model", factory_module, "--state-dict", path], tmp_path, capsys,
                    f"state_dict file {str(path)!r} is not a readable torch.save file (torch.load failed",
                    "torch.save(model.state_dict(), path)")
+
+
+def test_training_a_saved_model_further_keeps_its_recipe_and_records_the_earlier_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `xaudit train --model gru.pt` fine-tuned with the generic default recipe (lr 0.001, no augmentation) and
+    # the new file kept only that run, so the card said "1 of 1 epochs, lr 0.001" for weights trained longer
+    from xaudit.models import reference_config
+
+    first, more = tmp_path / "gru.pt", tmp_path / "gru_more.pt"
+    assert run_cli(["train", "-q", "--model", "gru", "--epochs", "2", "--out", first], capsys)[0] == 0
+    assert run_cli(["train", "-q", "--model", first, "--epochs", "1", "--out", more], capsys)[0] == 0
+    recipe = reference_config("gru", "digits-seq")
+    loaded = load_model(more)
+    assert loaded.train_config is not None and len(loaded.history) == 1 and loaded.train_config.epochs == 1
+    assert (loaded.train_config.lr, loaded.train_config.augment) == (recipe.lr, recipe.augment)
+    (earlier,) = loaded.warm_start
+    assert earlier.startswith(f"{first}: 2 epochs; adam, learning rate {recipe.lr}")
+    card = _report(["--model", more], tmp_path / "out", capsys)["model_card"]["training"]
+    assert card["warm_started_from"] == [earlier]
+    assert "continued from weights trained before: " + earlier in (tmp_path / "out" / "report.html").read_text(
+        encoding="utf-8")
