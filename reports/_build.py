@@ -222,6 +222,13 @@ def unsupported_error(name: str, reason: str) -> XauditError:
     return XauditError(reason if reason.startswith(f"{name} ") else f"{name} cannot explain this model: {reason}")
 
 
+#: A method's measured call shorter than this is timed :data:`SHORT_CALL_REPEATS` times and the fastest kept
+#: (as timeit and pyperf do): noise from other processes only ever adds time, and on a call of a few
+#: milliseconds one burst can multiply it.
+SHORT_CALL_S = 0.1
+SHORT_CALL_REPEATS = 3
+
+
 def _warm_up(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, memory_budget: int | None) -> None:
     """One untimed saliency pass over ``x`` (through the explainers' own guards: eval mode, frozen parameters,
     the cuDNN RNN workaround). A model saliency cannot run is left cold: its methods report why themselves."""
@@ -272,6 +279,12 @@ def explain_methods(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ba
             explainer.explain(x[:1], targets[:1], seed=seed, memory_budget=memory_budget)
             # from a released heap: each method's peak is its own, not what the methods before it left free
             exp = explainer.explain(x, targets, seed=seed, memory_budget=memory_budget, fresh_heap=True)
+            # a short call is timed again and the fastest kept: a few milliseconds of another process on a
+            # shared core billed saliency 70 times input_x_gradient's time for the same work (user test)
+            for _ in range(SHORT_CALL_REPEATS - 1 if exp.cost.wall_s < SHORT_CALL_S else 0):
+                again = explainer.explain(x, targets, seed=seed, memory_budget=memory_budget, fresh_heap=True)
+                if again.cost.wall_s < exp.cost.wall_s:
+                    exp = again
         except (XauditError, RuntimeError, ValueError, TypeError) as exc:
             # one method failing on this model should not cost the user every other method's result; the
             # reason goes in the report instead (the memory budget was checked above, for every method). A

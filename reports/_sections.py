@@ -20,7 +20,7 @@ from markupsafe import Markup, escape
 from xaudit.explain._cost import NVML_COUNTER_MIN_S, watts_per_core
 
 from . import _figures
-from ._build import MethodResult, ReportContext
+from ._build import SHORT_CALL_REPEATS, SHORT_CALL_S, MethodResult, ReportContext
 from ._model_card import model_card
 from ._runtime import _version
 from ._subject import describe_subject
@@ -191,7 +191,8 @@ class CostSection(Section):
                        "method once, untimed, on one sample before its measured call"),
             "timing": ("wall: time.perf_counter (CUDA events on GPU); CPU: time.process_time, all threads summed; "
                        "one-time setup (importing the library a method calls, its private model copy) is done "
-                       "before the clock starts"),
+                       f"before the clock starts; a call shorter than {SHORT_CALL_S:g} s is timed {SHORT_CALL_REPEATS} "
+                       "times and the fastest kept"),
             "memory": _memory_note({c["memory_source"] for c in costs}),
             "memory_budget_bytes": ctx.memory_budget_bytes,
             "flops": "forward + input-gradient backward FLOPs of one sample × the counted model evaluations",
