@@ -95,6 +95,8 @@ def save_model(
             f"save_model only saves xaudit's built-in models, not a {type(model).__name__}: "
             "save it with torch.jit.save(torch.jit.script(model), path) instead"
         )
+    if isinstance(warm_start, str) or not all(isinstance(line, str) for line in warm_start):
+        raise XauditError("warm_start must be a sequence of strings, one per earlier training run")
     target = Path(path)
     if not target.parent.is_dir():
         raise XauditError(
@@ -109,7 +111,7 @@ def save_model(
         "dataset": dataset,
         "train_config": train_config.to_dict() if train_config is not None else None,
         "history": [asdict(record) for record in history],
-        "warm_start": [str(line) for line in warm_start],
+        "warm_start": list(warm_start),
     }
     atomic_write(target, lambda fh: torch.save(payload, fh))
 
@@ -391,7 +393,10 @@ def _from_payload(payload: Mapping[str, Any], label: str) -> LoadedModel:
         model.load_state_dict(payload["state_dict"])
         config = TrainConfig.from_dict(payload["train_config"]) if payload.get("train_config") else None
         history = tuple(EpochRecord(**record) for record in payload.get("history") or ())
-        warm_start = tuple(str(line) for line in payload.get("warm_start") or ())
+        warm_start = payload.get("warm_start") or ()
+        if not isinstance(warm_start, (list, tuple)) or not all(isinstance(line, str) for line in warm_start):
+            raise XauditError("warm_start must be a list of strings")
+        warm_start = tuple(warm_start)
     except XauditError as exc:
         raise XauditError(f"model file {label!r} has invalid metadata ({exc}): re-save it with save_model") from exc
     except (KeyError, TypeError, RuntimeError) as exc:

@@ -291,10 +291,16 @@ def _run_train(args: argparse.Namespace) -> int:
                       TrainConfig(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {})))
             if progress:
                 progress(f"training {subject.name} on {subject.dataset.name} ({config.epochs} epochs)")
-            # the file's own training run, if it had one, is kept as where these weights started
+            if saved_builtin or (builtin and args.state_dict is not None):
+                # trains on with the dropout the net was built with (a file's own, 0 for --state-dict)
+                dropout = getattr(getattr(subject.model, "spec", None), "dropout", config.dropout)
+                config = dataclasses.replace(config, dropout=float(dropout))
+            # where these weights came from, kept in the new file: the file's own runs, or the weights file
             before = subject.warm_start
             if subject.train_config is not None or subject.history:
                 before += (describe_run(subject.source, subject.train_config, subject.history),)
+            elif saved_builtin or args.state_dict is not None:
+                before += (describe_run(subject.source, None, ()),)
             result = train_model(subject.model, subject.dataset, config,
                                  progress=epoch_printer(progress, subject.name))
             subject = dataclasses.replace(subject, train_config=config, history=result.history, warm_start=before)

@@ -158,11 +158,15 @@ def resolve_subject(
         loaded = loaded._replace(name=model, source=f"built-in {model} with weights from {os.fspath(state_dict)}")
     else:
         loaded = _load(model, state_dict=state_dict, trust_pickle=trust_pickle)
+        if state_dict is not None and isinstance(model, (str, os.PathLike)):
+            # the file's recipe, history and data record describe its own weights, not these
+            loaded = loaded._replace(source=f"{loaded.source} with weights from {os.fspath(state_dict)}",
+                                     train_config=None, history=(), warm_start=())
         if data is None and loaded.trained_on is not None:
             # evaluating on the built-in digits instead gave a report of a model on data it never saw
             raise XauditError(f"{loaded.source} was trained on {loaded.trained_on!r}, which is not a built-in "
                               "dataset: pass that file with --data (data= in Python)")
-        dataset = load_data(data if data is not None else (loaded.dataset or "digits"), seed=seed,
+        dataset = load_data(data if data is not None else (loaded.dataset or default_data(loaded.name)), seed=seed,
                             dtype=model_dtype(loaded.model))
     subject = _checked_subject(loaded.model, loaded.name, loaded.source, dataset, loaded.train_config,
                                loaded.history)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from xaudit.models import build_model, count_parameters, load_model, save_model
+from xaudit.models import XauditError, build_model, count_parameters, load_model, save_model
 
 from _cli_helpers import assert_report_contract, assert_self_contained, image_npz, read_report_json, run_cli
 
@@ -243,3 +243,34 @@ def test_training_a_saved_model_further_keeps_its_recipe_and_records_the_earlier
     assert card["warm_started_from"] == [earlier]
     assert "continued from weights trained before: " + earlier in (tmp_path / "out" / "report.html").read_text(
         encoding="utf-8")
+
+
+def test_training_further_records_where_the_weights_came_from_and_the_dropout_they_trained_with(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a --state-dict start recorded nothing (the card said "1 of 1 epochs" again), a model file with
+    # --state-dict recorded the file's run instead of the weights', and the recipe's dropout 0.5 was recorded
+    # for a net built with dropout 0
+    weights = tmp_path / "w.pt"
+    net = build_model("cnn", (1, 8, 8), 10, seed=0)
+    torch.save(net.state_dict(), weights)
+    out = tmp_path / "from_weights.pt"
+    assert run_cli(["train", "-q", "--model", "cnn", "--state-dict", weights, "--epochs", "1", "--out", out],
+                   capsys)[0] == 0
+    loaded = load_model(out)
+    assert loaded.warm_start == (f"built-in cnn with weights from {weights}: recipe not recorded",)
+    assert loaded.train_config is not None and loaded.train_config.dropout == 0.0
+    # a model file given other weights: the record names those weights, not the file's own run
+    first = tmp_path / "first.pt"
+    assert run_cli(["train", "-q", "--model", "cnn", "--epochs", "1", "--out", first], capsys)[0] == 0
+    again = tmp_path / "again.pt"
+    assert run_cli(["train", "-q", "--model", first, "--state-dict", weights, "--epochs", "1", "--out", again],
+                   capsys)[0] == 0
+    assert load_model(again).warm_start == (f"{first} with weights from {weights}: recipe not recorded",)
+    # the record itself: a list of strings, or the file is refused as damaged
+    with pytest.raises(XauditError, match="warm_start must be a sequence of strings"):
+        save_model(net, tmp_path / "bad.pt", warm_start="one run")  # type: ignore[arg-type]
+    payload = torch.load(first, weights_only=True)
+    payload["warm_start"] = "old.pt: 3 epochs"
+    torch.save(payload, tmp_path / "corrupt.pt")
+    with pytest.raises(XauditError, match="invalid metadata.*warm_start must be a list of strings"):
+        load_model(tmp_path / "corrupt.pt")
