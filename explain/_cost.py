@@ -265,10 +265,23 @@ def _nvml_read(device: torch.device, reading: str) -> float | None:
         return None
     try:
         pynvml.nvmlInit()
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return float(getattr(pynvml, reading)(pynvml.nvmlDeviceGetHandleByIndex(index)))
-    except pynvml.NVMLError:
+        return float(getattr(pynvml, reading)(_nvml_handle(pynvml, device)))
+    except (pynvml.NVMLError, AttributeError):  # AttributeError: a pynvml without this reading
         return None
+
+
+def _nvml_handle(pynvml: Any, device: torch.device) -> Any:
+    """NVML's handle for a torch CUDA device. NVML numbers every GPU on the machine, torch only the visible
+    ones: with ``CUDA_VISIBLE_DEVICES=2``, ``cuda:0`` is NVML's GPU 2 (an entry may also be a GPU UUID). NVML
+    orders GPUs by PCI bus, as CUDA does with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    visible = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    if "CUDA_VISIBLE_DEVICES" in os.environ and index < len(visible):
+        entry = visible[index]
+        if entry.isdigit():
+            return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+        return pynvml.nvmlDeviceGetHandleByUUID(entry)
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
 
 
 def _nvml_energy_mj(device: torch.device) -> float | None:
@@ -298,7 +311,7 @@ def energy_source_for(device: torch.device | str = "cpu") -> str:
     """Which energy source a measurement on ``device`` will use: ``rapl``, ``nvml`` or ``estimate`` (a call on
     an NVIDIA GPU shorter than :data:`NVML_COUNTER_MIN_S` reports ``nvml_power``: see the module's notes)."""
     device = torch.device(device)
-    if device.type == "cuda" and _nvml_energy_mj(device) is not None:
+    if device.type == "cuda" and torch.cuda.is_available() and _nvml_energy_mj(device) is not None:
         return "nvml"
     if device.type == "cpu" and _rapl() is not None:
         return "rapl"

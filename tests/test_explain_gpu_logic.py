@@ -150,6 +150,7 @@ def test_nvml_readings_are_taken_through_pynvml_in_its_units(monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     device = torch.device("cuda", 1)
     assert _nvml_energy_mj(device) == 123456.0 and _nvml_power_w(device) == 250.0 and asked == [1, 1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert xe.energy_source_for(device) == "nvml"
 
     def refused(handle: object) -> int:
@@ -157,3 +158,37 @@ def test_nvml_readings_are_taken_through_pynvml_in_its_units(monkeypatch: pytest
 
     fake.nvmlDeviceGetPowerUsage = refused
     assert _nvml_power_w(device) is None
+
+
+def test_nvml_reads_the_gpu_cuda_visible_devices_maps_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NVML numbers every GPU on the machine, torch only the visible ones: with CUDA_VISIBLE_DEVICES=2, cuda:0 read
+    # physical GPU 0's energy
+    import types
+
+    from xaudit.explain._cost import _nvml_energy_mj, _nvml_power_w
+
+    class NVMLError(Exception):
+        pass
+
+    fake = types.SimpleNamespace(NVMLError=NVMLError, nvmlInit=lambda: None,
+                                 nvmlDeviceGetHandleByIndex=lambda index: ("index", index),
+                                 nvmlDeviceGetHandleByUUID=lambda uuid: ("uuid", uuid),
+                                 nvmlDeviceGetTotalEnergyConsumption=lambda handle: {("index", 2): 7.0,
+                                                                                     ("uuid", "GPU-abc"): 9.0}[handle])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-abc")
+    assert _nvml_energy_mj(torch.device("cuda", 0)) == 7.0
+    assert _nvml_energy_mj(torch.device("cuda", 1)) == 9.0
+    assert _nvml_power_w(torch.device("cuda", 0)) is None  # this pynvml has no power reading: None, not a crash
+
+
+def test_the_energy_source_without_a_usable_cuda_is_the_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    # with pynvml installed and no CUDA, "cuda" raised torch's AssertionError and "cuda:0" answered nvml
+    import types
+
+    fake = types.SimpleNamespace(NVMLError=RuntimeError, nvmlInit=lambda: None,
+                                 nvmlDeviceGetHandleByIndex=lambda index: index,
+                                 nvmlDeviceGetTotalEnergyConsumption=lambda handle: 1.0)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert xe.energy_source_for("cuda") == xe.energy_source_for("cuda:0") == "estimate"
