@@ -168,7 +168,8 @@ class Explainer:
     family: ClassVar[str] = "saliency"
     paper: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
-    #: the gradient it takes runs back to the input (Grad-CAM's stops at its layer)
+    #: it needs the model's output to have a gradient path from the input (every gradient method: with the
+    #: parameters frozen while explaining, a path cut from the input leaves even Grad-CAM's layer without one)
     needs_input_gradient: ClassVar[bool] = True
     needs_background: ClassVar[bool] = False
     is_stochastic: ClassVar[bool] = False

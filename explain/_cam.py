@@ -38,8 +38,6 @@ class GradCAM(Explainer):
     over the other.
     """
 
-    needs_input_gradient = False  # its gradient stops at the layer
-
     uses_module_hooks = True
 
     name = "gradcam"

@@ -11,7 +11,8 @@ a subclass, a keyword call) and only when it runs: each time step of each sequen
 counter finds for the decomposed GRU and RNN, and for an LSTM in float64. Explanation methods differentiate
 with respect to the inputs only (never the weights), so the backward pass is measured that way; a fused
 kernel's backward is its forward less the first step's hidden-to-hidden product of each sequence (h₀ is taken
-as a constant; an h₀ computed from the input is charged that one step short), as the counter finds for the
+as a constant; an h₀ computed from the input is charged that one step short, and a layer that reads the
+input only through h₀ is charged its input products as well), as the counter finds for the
 decomposed layers, and it is charged only when the gradient runs through the layer. CPU attention
 (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention`` without weights, transformer layers) runs as a
 kernel the counter has no formula for in this torch; it is counted with torch's own formula for the other
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from xaudit.models._errors import XauditError
 from xaudit.models._walk import per_generation
 
 
@@ -240,6 +242,10 @@ def _measure_flops(model: nn.Module, sample: torch.Tensor, target: int) -> FlopP
     try:
         with forward_counter:
             out = model(x)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            raise XauditError(f"flop_profile needs a model returning one tensor of class scores (N × classes), "
+                              f"got {type(out).__name__ if not isinstance(out, torch.Tensor) else tuple(out.shape)}: "
+                              "wrap the model so that it returns its logits")
         forward = float(forward_counter.get_total_flops())
         backward = 0.0
         score = out[0, target]

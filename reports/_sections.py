@@ -187,8 +187,9 @@ class CostSection(Section):
             "machine": ctx.machine,
             "device": str(ctx.device),
             "n_samples": len(ctx.indices),
-            "warmup": ("one untimed gradient pass over all the explained samples before any method, and each "
-                       "method once, untimed, on one sample before its measured call"),
+            "warmup": ("one untimed gradient pass over all the explained samples before any method (where the "
+                       "model's output has a gradient with respect to its input), and each method once, untimed, "
+                       "on one sample before its measured call"),
             "timing": ("wall: time.perf_counter (CUDA events on GPU); CPU: time.process_time, all threads summed; "
                        "one-time setup (importing the library a method calls, its private model copy) is done "
                        f"before the clock starts; a call shorter than {SHORT_CALL_S:g} s is timed {SHORT_CALL_REPEATS} "

@@ -525,3 +525,12 @@ def test_a_model_file_trained_on_the_users_data_needs_that_data_named(tmp_path: 
     code, _, err = run_cli(["explain", "-q", "--model", model, "--data", data, "--method", "saliency",
                             "--n-explain", "2", "--out", tmp_path / "a.npz"], capsys)
     assert code == 0, err
+
+
+def test_a_recurrent_model_file_recording_no_dataset_gets_the_sequence_data(tmp_path: Path) -> None:
+    # a gru/lstm file without a recorded dataset fell back to digits images and failed on their shape
+    from xaudit.reports._subject import resolve_subject
+
+    path = tmp_path / "lstm.pt"
+    save_model(build_model("lstm", (8, 8), 10, seed=0), path)
+    assert resolve_subject(path, None).dataset.name == "digits-seq"

@@ -452,3 +452,14 @@ def test_gradcam_is_charged_for_the_backward_it_runs_to_its_layer_only() -> None
     head = 2 * 6 * 64 * 3  # the gradient of the logits back to the last conv's output: the head's product
     assert exp.cost.forward_evals == exp.cost.backward_evals == 5
     assert exp.cost.flops == 5 * forward + 5 * head
+
+
+def test_flop_profile_of_a_model_not_returning_one_score_tensor_is_one_line() -> None:
+    class Pair(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x.flatten(1), x.flatten(1)
+
+    from xaudit.models import XauditError
+
+    with pytest.raises(XauditError, match="flop_profile needs a model returning one tensor of class scores.*got tuple"):
+        flop_profile(Pair(), torch.rand(1, 4))
