@@ -24,6 +24,7 @@ sample.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,18 +147,8 @@ _KERNEL_MODES = {0: "RNN", 1: "RNN", 2: "LSTM", 3: "GRU"}
 def _rows(input_shape: tuple, hx_shape: tuple | None) -> tuple[int, int]:
     """(time steps of all sequences, sequences) of a fused recurrent kernel's input: (T, N, I), (N, T, I) or
     packed (Σ lengths, I); the sequences are the hidden state's batch."""
-    rows = 1
-    for d in input_shape[:-1]:
-        rows *= int(d)
     sequences = int(hx_shape[-2]) if hx_shape is not None and len(hx_shape) >= 2 else 1
-    return rows, sequences
-
-
-def _numel(shape: tuple) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+    return math.prod(input_shape[:-1]), sequences
 
 
 def _rnn_formulas(fired: Callable[[int], None]) -> dict:
@@ -174,14 +165,14 @@ def _rnn_formulas(fired: Callable[[int], None]) -> dict:
                            **kwargs: object) -> int:
             rows, _ = _rows(input, hx)
             fired(mode)
-            return 2 * rows * (_numel(w_ih) + _numel(w_hh))
+            return 2 * rows * (math.prod(w_ih) + math.prod(w_hh))
 
         mapping[onednn] = onednn_forward
     if onednn_backward is not None:
         def onednn_grad(input: tuple, w_ih: tuple, w_hh: tuple, b_ih: tuple, b_hh: tuple, hx: tuple,
                         *args: object, **kwargs: object) -> int:
             rows, sequences = _rows(input, hx)
-            return 2 * rows * _numel(w_ih) + 2 * (rows - sequences) * _numel(w_hh)
+            return 2 * rows * math.prod(w_ih) + 2 * (rows - sequences) * math.prod(w_hh)
 
         mapping[onednn_backward] = onednn_grad
 
@@ -191,8 +182,8 @@ def _rnn_formulas(fired: Callable[[int], None]) -> dict:
     def split(weights: list, stride: int) -> tuple[int, int]:
         """(Σ |W| over the 2-D weights, Σ |W_hh|): each layer and direction holds ``stride`` tensors, W_ih
         and W_hh first, then the biases and an LSTM's W_hr."""
-        matrices = sum(_numel(w) for w in weights if len(w) == 2)
-        hidden = sum(_numel(weights[i + 1]) for i in range(0, len(weights), stride))
+        matrices = sum(math.prod(w) for w in weights if len(w) == 2)
+        hidden = sum(math.prod(weights[i + 1]) for i in range(0, len(weights), stride))
         return matrices, hidden
 
     if cudnn is not None:  # all layers and directions in one call: (input, weights, stride, buf, hx, cx, mode, ...)

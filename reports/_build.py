@@ -6,7 +6,6 @@ Nothing here draws or writes; :mod:`._report` turns the :class:`ReportContext` i
 from __future__ import annotations
 
 import contextlib
-
 import datetime as _dt
 import os
 import time

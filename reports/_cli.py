@@ -99,9 +99,9 @@ def _common_options() -> argparse.ArgumentParser:
                            "code, so only use it for files you trust")
     what.add_argument("--data", metavar="DATA",
                       help=f"a built-in dataset ({', '.join(DATASETS)}) or an .npz file with x_test, y_test and "
-                           "optionally x_train, y_train, class_names (default: the built-in dataset a saved model records "
-                           "(a model trained on your own file needs that file named); for a built-in model, digits "
-                           "for cnn and digits-seq for gru and lstm)")
+                           "optionally x_train, y_train, class_names (default: the built-in dataset a saved model "
+                           "records (a model trained on your own file needs that file named); for a built-in model, "
+                           "digits for cnn and digits-seq for gru and lstm)")
     run = common.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0,
                      help=f"seed for training, the choice of explained samples and stochastic methods, 0..{MAX_SEED} "
@@ -291,10 +291,10 @@ def _run_train(args: argparse.Namespace) -> int:
                       TrainConfig(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {})))
             if progress:
                 progress(f"training {subject.name} on {subject.dataset.name} ({config.epochs} epochs)")
-            if saved_builtin or (builtin and args.state_dict is not None):
+            if architecture:
                 # trains on with the dropout the net was built with (a file's own, 0 for --state-dict)
-                dropout = getattr(getattr(subject.model, "spec", None), "dropout", config.dropout)
-                config = dataclasses.replace(config, dropout=float(dropout))
+                spec = getattr(subject.model, "spec", None)
+                config = dataclasses.replace(config, dropout=float(getattr(spec, "dropout", config.dropout)))
             # where these weights came from, kept in the new file: the file's own runs, or the weights file
             before = subject.warm_start
             if subject.train_config is not None or subject.history:

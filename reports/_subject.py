@@ -143,8 +143,8 @@ def resolve_subject(
 
     Everything that can be checked cheaply (names, files, shapes, labels) is checked before training.
     ``data=None`` means the built-in dataset a saved model file records (a file recording a dataset of the
-    user's is refused: its data must be named), else ``digits``; for a built-in
-    model, its own default (:data:`xaudit.models.DEFAULT_DATA`: ``digits-seq`` for ``gru`` and ``lstm``).
+    user's is refused: its data must be named), else the model's own default
+    (:data:`xaudit.models.DEFAULT_DATA`: ``digits`` for ``cnn``, ``digits-seq`` for ``gru`` and ``lstm``).
     """
     builtin = isinstance(model, str) and model in MODELS
     if builtin:
